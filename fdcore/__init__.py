@@ -1,0 +1,46 @@
+"""fdcore: a plugin framework for robust AI-generated image detection.
+
+Importing fdcore is cheap: torch and the plugin registries load on first use of the names below.
+"""
+
+from fdcore.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it; resolved on first access (PEP 562) so `fdcore --help` stays fast.
+_LAZY = {
+    "Expert": "fdcore.interfaces",
+    "Degrader": "fdcore.interfaces",
+    "Distiller": "fdcore.interfaces",
+    "Aggregator": "fdcore.interfaces",
+    "Preprocessing": "fdcore.preprocess",
+    "UnknownNameError": "fdcore.registry",
+    "list_experts": "fdcore.registry",
+    "list_degraders": "fdcore.registry",
+    "list_distillers": "fdcore.registry",
+    "list_aggregators": "fdcore.registry",
+    "list_policies": "fdcore.registry",
+    "get_expert": "fdcore.registry",
+    "get_expert_class": "fdcore.registry",
+    "get_degrader": "fdcore.registry",
+    "get_distiller": "fdcore.registry",
+    "get_aggregator": "fdcore.registry",
+    "plugins_info": "fdcore.plugins",
+}
+
+__all__ = ["__version__", "hookimpl", *_LAZY]
+
+
+def __getattr__(name):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'fdcore' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

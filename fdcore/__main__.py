@@ -1,0 +1,3 @@
+from fdcore.cli import main
+
+main()

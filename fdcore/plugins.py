@@ -1,0 +1,254 @@
+"""Plugin discovery: one pluggy manager, entry points in the ``fdcore`` group, built-ins as an ordinary plugin.
+
+Loading is lazy (first registry access) and fault tolerant: a plugin that fails to import, implements a hook
+that does not exist, or raises while registering is reported and skipped, unless ``FDCORE_STRICT_PLUGINS=1``.
+
+Environment:
+    FDCORE_LOAD_PLUGINS   comma list of distribution or entry-point names to load; empty string loads none.
+    FDCORE_STRICT_PLUGINS ``1`` turns every plugin failure into an exception (for plugin authors' CI).
+    FDCORE_TRACE_PLUGINS  ``1`` prints every hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import os
+import sys
+import traceback
+from typing import Any
+
+import pluggy
+
+from fdcore import hookspecs
+from fdcore.errors import FdcoreError
+
+ENTRY_POINT_GROUP = "fdcore"
+
+# The core's own implementations, registered after the entry points exactly like any plugin.
+DEFAULT_PLUGINS = (
+    "fdcore.builtin.aggregators",
+    "fdcore.builtin.distillers",
+)
+
+
+class PluginError(FdcoreError, RuntimeError):
+    """A plugin could not be loaded or registered (raised only in strict mode)."""
+
+
+@dataclasses.dataclass
+class PluginFailure:
+    plugin: str
+    distribution: str | None
+    version: str | None
+    stage: str
+    error: str
+
+    def message(self) -> str:
+        where = f"distribution {self.distribution} {self.version}" if self.distribution else "built-in"
+        return f"plugin {self.plugin!r} ({where}) failed at {self.stage}: {self.error}"
+
+
+@dataclasses.dataclass
+class PluginRecord:
+    plugin: str
+    module: str
+    distribution: str | None
+    version: str | None
+    entry_point: str | None
+    builtin: bool
+
+
+_manager: pluggy.PluginManager | None = None
+_loaded = False
+_records: dict[str, PluginRecord] = {}
+_failures: list[PluginFailure] = []
+
+
+def strict() -> bool:
+    return os.environ.get("FDCORE_STRICT_PLUGINS", "").strip() not in ("", "0", "false", "no")
+
+
+def _selected() -> set[str] | None:
+    value = os.environ.get("FDCORE_LOAD_PLUGINS")
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, with hookspecs added (plugins are loaded by :func:`load_plugins`)."""
+    global _manager
+    if _manager is None:
+        _manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        _manager.add_hookspecs(hookspecs)
+        if os.environ.get("FDCORE_TRACE_PLUGINS", "").strip() not in ("", "0"):
+            _manager.trace.root.setwriter(lambda message: print(message, end="", file=sys.stderr))
+            _manager.enable_tracing()
+    return _manager
+
+
+def report_failure(failure: PluginFailure, exc: BaseException | None = None) -> None:
+    """Record a plugin failure, warn on stderr, and raise in strict mode."""
+    _failures.append(failure)
+    if strict():
+        raise PluginError(failure.message()) from exc
+    print(
+        f"fdcore: warning: {failure.message()}; skipped (set FDCORE_STRICT_PLUGINS=1 to make this fatal)",
+        file=sys.stderr,
+    )
+
+
+def _format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def _unknown_hooks(module: Any) -> list[str]:
+    """Hook implementations whose names match no hookspec (a misspelled ``register_expert``, say)."""
+    known = {name for name in dir(hookspecs) if name.startswith("register_")}
+    unknown = []
+    for attribute in dir(module):
+        value = getattr(module, attribute, None)
+        if callable(value) and hasattr(value, f"{ENTRY_POINT_GROUP}_impl") and attribute not in known:
+            unknown.append(attribute)
+    return unknown
+
+
+def _register_module(
+    manager: pluggy.PluginManager, module: Any, name: str, distribution: str | None, version: str | None
+) -> bool:
+    unknown = _unknown_hooks(module)
+    if unknown:
+        valid = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
+        report_failure(
+            PluginFailure(name, distribution, version, "validation",
+                          f"unknown hook(s) {', '.join(unknown)}; valid hooks are: {valid}")
+        )
+        return False
+    try:
+        manager.register(module, name=name)
+    except Exception as exc:  # pluggy validation errors, duplicate plugin names
+        report_failure(PluginFailure(name, distribution, version, "validation", _format_exception(exc)), exc)
+        return False
+    return True
+
+
+def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, Any]]:
+    found = []
+    seen = set()
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP or ep.name in seen:
+                continue
+            seen.add(ep.name)
+            found.append((ep, dist))
+    found.sort(key=lambda pair: pair[0].name)
+    return found
+
+
+def load_plugins() -> pluggy.PluginManager:
+    """Load installed plugins and the built-ins once; safe to call any number of times."""
+    global _loaded
+    manager = get_plugin_manager()
+    if _loaded:
+        return manager
+    _loaded = True
+    selected = _selected()
+    for ep, dist in _entry_points():
+        dist_name = dist.metadata["Name"]
+        version = dist.version
+        if selected is not None and ep.name not in selected and dist_name not in selected:
+            continue
+        if manager.get_plugin(ep.name) is not None:
+            continue
+        try:
+            module = ep.load()
+        except BaseException as exc:  # a plugin may raise anything, SystemExit included
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            report_failure(PluginFailure(ep.name, dist_name, version, "import", _format_exception(exc)), exc)
+            continue
+        if _register_module(manager, module, ep.name, dist_name, version):
+            _records[ep.name] = PluginRecord(ep.name, getattr(module, "__name__", str(module)), dist_name,
+                                             version, f"{ep.name} = {ep.value}", builtin=False)
+    from fdcore import __version__
+
+    for module_name in DEFAULT_PLUGINS:
+        if manager.get_plugin(module_name) is not None:
+            continue
+        module = importlib.import_module(module_name)
+        if _register_module(manager, module, module_name, "fdcore", __version__):
+            _records[module_name] = PluginRecord(module_name, module_name, "fdcore", __version__, None, builtin=True)
+    return manager
+
+
+def record_for(plugin_name: str) -> PluginRecord | None:
+    return _records.get(plugin_name)
+
+
+def provider_of(plugin_name: str) -> str:
+    """A human name for whoever registered something: the distribution, or the plugin name if unknown."""
+    record = _records.get(plugin_name)
+    if record is None:
+        return plugin_name
+    return record.distribution or plugin_name
+
+
+def failures() -> list[PluginFailure]:
+    load_plugins()
+    return list(_failures)
+
+
+def plugins_info(include_builtins: bool = False) -> list[dict[str, Any]]:
+    """Installed plugins (distribution, version, hooks) and the ones that failed, as JSON-ready dicts."""
+    from fdcore import registry
+
+    registry.load_all()  # registration-time failures are part of the picture
+    manager = load_plugins()
+    info = []
+    for name, record in sorted(_records.items(), key=lambda item: (item[1].builtin, item[0])):
+        if record.builtin and not include_builtins:
+            continue
+        plugin = manager.get_plugin(name)
+        if plugin is None:
+            continue
+        hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
+        info.append({
+            "name": record.distribution or name,
+            "plugin": name,
+            "version": record.version,
+            "module": record.module,
+            "entry_point": record.entry_point,
+            "builtin": record.builtin,
+            "hooks": hooks,
+            "registered": registry.registered_by(name),
+            "errors": [f.message() for f in _failures if f.plugin == name],
+        })
+    failed_plugins = {f.plugin for f in _failures}
+    for plugin_name in sorted(failed_plugins - {entry["plugin"] for entry in info}):
+        failure = next(f for f in _failures if f.plugin == plugin_name)
+        info.append({
+            "name": failure.distribution or plugin_name,
+            "plugin": plugin_name,
+            "version": failure.version,
+            "module": None,
+            "entry_point": None,
+            "builtin": failure.distribution == "fdcore",
+            "hooks": [],
+            "registered": {},
+            "errors": [f.message() for f in _failures if f.plugin == plugin_name],
+        })
+    return info
+
+
+def reset() -> None:
+    """Forget every loaded plugin and registry (tests, or after changing FDCORE_* variables)."""
+    global _manager, _loaded
+    _manager = None
+    _loaded = False
+    _records.clear()
+    _failures.clear()
+    from fdcore import registry
+
+    registry.clear()
