@@ -26,6 +26,9 @@ _LAZY = {
     "get_distiller": "fdcore.registry",
     "get_aggregator": "fdcore.registry",
     "plugins_info": "fdcore.plugins",
+    "save_expert": "fdcore.expert_io",
+    "load_expert": "fdcore.expert_io",
+    "expert_identity": "fdcore.expert_io",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]

@@ -93,6 +93,10 @@ class Degrader(metaclass=abc.ABCMeta):
                                "declare changes_size")
         return out
 
+    def parameters(self, severity: float) -> dict:
+        """Scalar parameters this severity means (recorded with each application; replay needs only the seed)."""
+        return {}
+
     @classmethod
     def describe(cls) -> dict:
         return {"category": cls.category, "moves_pixels": cls.moves_pixels, "changes_size": cls.changes_size}

@@ -134,10 +134,15 @@ def _register_module(
     return True
 
 
+def _distributions():
+    """Installed distributions (a seam for tests, which substitute fake ones)."""
+    return importlib.metadata.distributions()
+
+
 def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, Any]]:
     found = []
     seen = set()
-    for dist in importlib.metadata.distributions():
+    for dist in _distributions():
         for ep in dist.entry_points:
             if ep.group != ENTRY_POINT_GROUP or ep.name in seen:
                 continue
