@@ -17,6 +17,16 @@ from fdcore.errors import FdcoreError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("fdcore.cli:plugins_command", "List installed plugins, their versions, hooks and load errors."),
     "list": ("fdcore.cli:list_command", "List registered experts, degraders, distillers, aggregators or policies."),
+    "predict": ("fdcore.commands.predict:command", "Score a folder of images with an ensemble (resumable, fault-tolerant)."),
+    "demo": ("fdcore.commands.demo:command", "Run the whole pipeline on synthetic data (a demonstration, minutes on CPU)."),
+    "train": ("fdcore.commands.train:command", "Train one expert: stage 1 BCE, stage 2 self-distillation."),
+    "evaluate": ("fdcore.commands.evaluate:evaluate_command",
+                 "Clean and robust ROC AUC, breakdowns, calibration metrics and an HTML report."),
+    "calibrate": ("fdcore.commands.evaluate:calibrate_command",
+                  "Fit calibration and a threshold at a target FPR on validation data; store with the ensemble."),
+    "data": ("fdcore.commands.data:command", "Inspect labelled data: bias check of formats, JPEG quality, sizes, EXIF."),
+    "expert": ("fdcore.commands.expert:command", "Inspect expert/ensemble directories; import FeatDistill release files."),
+    "degrade": ("fdcore.commands.degrade:command", "Degrade a folder with a policy or one operator; contact sheet of all operators."),
 }
 
 

@@ -164,6 +164,7 @@ def save_expert(expert, directory, card: dict | None = None, overwrite: bool = F
     config_bytes = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; an expert directory is an ordinary shared folder
     try:
         (staging / WEIGHTS_FILE).write_bytes(weights)
         (staging / CONFIG_FILE).write_bytes(config_bytes)

@@ -46,6 +46,11 @@ class Expert(torch.nn.Module, metaclass=abc.ABCMeta):
         """Token feature maps ``{layer: [B, N, C]}`` of the named layers (default :attr:`default_feature_layers`)."""
         raise NotImplementedError(f"expert {self.name!r} does not expose intermediate features")
 
+    def forward_with_features(self, pixels: torch.Tensor, layers: Sequence[str] | None = None
+                              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and token maps together; override to compute both in one pass (training calls this)."""
+        return self.forward(pixels), self.features(pixels, layers)
+
     def get_config(self) -> dict:
         return dict(getattr(self, "config", {}))
 
@@ -56,6 +61,12 @@ class Expert(torch.nn.Module, metaclass=abc.ABCMeta):
 
     @classmethod
     def describe(cls) -> dict:
+        return {}
+
+    @classmethod
+    def tiny_config(cls) -> dict:
+        """Constructor kwargs for a small, fast instance with random weights and no download (conformance tests,
+        smoke runs); ``{}`` means the default construction is already small."""
         return {}
 
 
@@ -131,6 +142,32 @@ class Distiller(metaclass=abc.ABCMeta):
             raise RuntimeError(f"distiller {self.name!r} has no teacher")
         self.teacher.eval()
         return self.teacher.features(pixels, layers)
+
+    def student_step(self, student, batch: dict, layers: Sequence[str] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step's student logits and distillation term; override when the loss needs other inputs
+        (several views, projections).
+
+        ``student(pixels, layers)`` returns ``(logits, {layer: tokens})`` in one forward pass (the training wrapper
+        :class:`fdcore.training.StudentWithFeatures`, possibly inside DDP); ``batch["pixels"]`` is its input.
+        """
+        logits, student_features = student(batch["pixels"], layers)
+        teacher_features = self.teacher_outputs(batch["pixels"], layers)
+        return logits, self.loss(student_features, teacher_features, batch)
+
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        """Modules the distiller trains alongside the student (projection heads); the optimizer includes them."""
+        return []
+
+    def after_optimizer_step(self, student: Expert, step: int, total_steps: int) -> None:
+        """Called after each optimizer step (momentum teachers update here)."""
+
+    def state_dict(self) -> dict:
+        """State beyond the student that a checkpoint must keep (queues, momentum teachers)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     @classmethod
     def describe(cls) -> dict:

@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "fdcore"
 DEFAULT_PLUGINS = (
     "fdcore.builtin.aggregators",
     "fdcore.builtin.distillers",
+    "fdcore.builtin.degraders",
 )
 
 

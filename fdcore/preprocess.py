@@ -82,6 +82,8 @@ class Preprocessing:
         array = np.asarray(image, dtype=np.uint8)
         if array.shape != (self.size, self.size, 3):
             raise ValueError(f"expected a {self.size}x{self.size} RGB image after resizing, got {array.shape}")
+        if not array.flags.writeable:  # PIL hands out read-only buffers; torch wants to own writable memory
+            array = array.copy()
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).to(torch.float32).div_(255.0)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)

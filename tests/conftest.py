@@ -40,3 +40,26 @@ def shared_data():
     if not (root / "manifest.csv").is_file():
         pytest.skip(f"shared data not present at {root}")
     return root
+
+
+def make_learnable_folder(root, per_class=48, size=32, seed=0):
+    """real/ and fake/ PNGs a tiny CNN can tell apart: fakes carry a checkerboard (an upsampling-like trace)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for label in ("real", "fake"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            base = rng.normal(128, 30, (size // 4, size // 4, 3))
+            image = np.kron(base, np.ones((4, 4, 1)))
+            if label == "fake":
+                image = image + 40 * ((np.indices((size, size)).sum(0) % 2)[..., None] - 0.5)
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / label / f"{index:03d}.png")
+    return root
+
+
+@pytest.fixture
+def learnable_folder(tmp_path):
+    return make_learnable_folder(tmp_path / "data")

@@ -13,3 +13,16 @@ def test_plugin_guide_code_matches_the_example_plugin():
     guide = (ROOT / "docs" / "plugins.md").read_text()
     assert module.sync(guide) == guide, "docs/plugins.md is out of date: run python docs/sync_examples.py"
     assert guide.count("<!-- file: ") == 3
+
+
+def test_readme_setup_block_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- setup:begin -->")[1].split("<!-- setup:end -->")[0]
+    lines = [line for line in block.strip().splitlines() if not line.startswith("```")]
+    assert len(lines) == 2, lines
+    install, test = lines
+    assert install.startswith("python3 -m venv .venv && ") and install.endswith("&& .venv/bin/fdcore demo")
+    for package in ('".[dev]"', "./experts/clip", "./experts/siglip", "./tests/plugins/fdcore-toy"):
+        assert package in install
+    assert "pytest" in test
+    assert "README.md" in (ROOT / ".ci" / "run").read_text()

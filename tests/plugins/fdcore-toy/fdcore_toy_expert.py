@@ -40,6 +40,10 @@ class ToyExpert(fdcore.Expert):
     def describe(cls):
         return {"input_size": 32, "parameters": sum(p.numel() for p in cls().parameters())}
 
+    @classmethod
+    def tiny_config(cls):
+        return {"width": 4}
+
 
 class GeometricMean(fdcore.Aggregator):
     """Geometric mean of the experts' probabilities."""

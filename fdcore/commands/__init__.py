@@ -1,0 +1,1 @@
+"""CLI subcommands, one module each, imported only when invoked (see fdcore.cli.SUBCOMMANDS)."""

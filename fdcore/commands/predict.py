@@ -1,0 +1,75 @@
+"""``fdcore predict IMAGES --ensemble ENSEMBLE --out OUT_DIR``: score a folder of images (see docs/predict.md).
+
+Exit status: 0 every candidate image was scored; 3 partial (some files skipped, listed in OUT_DIR/errors.csv);
+2 user error (bad option, locked or mismatched output folder, unusable ensemble).
+
+Distributed: ``accelerate launch -m fdcore predict ...`` or ``torchrun --nproc_per_node N -m fdcore predict ...``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from fdcore.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
+
+
+def _parse_weights(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        weights = [float(item) for item in value.split(",") if item.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated numbers such as 1,1,2,2, got {value!r}") from exc
+    if not weights:
+        raise click.BadParameter("expected at least one weight")
+    return weights
+
+
+@click.command("predict")
+@click.argument("images", type=click.Path(file_okay=False, dir_okay=True, path_type=str))
+@click.option("--ensemble", "ensemble", required=True, type=click.Path(path_type=str),
+              help="Ensemble folder (ensemble.json), one fdcore expert folder, or a FeatDistill release folder.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Output folder: predictions.csv, errors.csv, image_info.csv, predictions.meta.json.")
+@click.option("--aggregator", default=None,
+              help="Fusion rule, any registered aggregator (`fdcore list aggregators`); default: the ensemble's.")
+@click.option("--weights", callback=_parse_weights, default=None,
+              help="Comma-separated per-expert weights, in ensemble order (for 'weighted' / 'logit-mean').")
+@click.option("--per-expert", is_flag=True, help="Add p_<expert> columns to predictions.csv.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader processes decoding and resizing images (0 = in the main process).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Expert weights and inputs dtype [default: fp32 on CPU, fp16 on GPU].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True,
+              help="Score everything again; the old results stay readable until the new run completes.")
+@click.option("--quiet", is_flag=True, help="No progress bar, no summary line on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+@click.option("--save-every", type=click.IntRange(min=1), default=8, show_default=True,
+              help="fsync the work log every N batches (each batch reaches the OS immediately regardless).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images whose header declares more pixels (decompression bombs), before decoding.")
+@click.option("--max-aspect-ratio", type=click.FloatRange(min=1.0), default=DEFAULT_MAX_ASPECT_RATIO,
+              show_default=True, help="Refuse images more elongated than this (long side / short side).")
+@click.option("--skip-hash-check", is_flag=True,
+              help="Load a FeatDistill release without manifest.json (identity falls back to size + mtime).")
+@click.pass_context
+def command(ctx, images, ensemble, out, aggregator, weights, per_expert, batch_size, workers, precision, device,
+            overwrite, quiet, as_json, save_every, max_pixels, max_aspect_ratio, skip_hash_check):
+    """Score every image under IMAGES with an ensemble; resumable, fault-tolerant, deterministic."""
+    from fdcore.predict import PredictOptions, run_predict
+
+    options = PredictOptions(images=images, ensemble=ensemble, out=out, aggregator=aggregator, weights=weights,
+                             per_expert=per_expert, batch_size=batch_size, workers=workers, precision=precision,
+                             device=device, overwrite=overwrite, quiet=quiet, save_every=save_every,
+                             max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio,
+                             skip_hash_check=skip_hash_check)
+    summary = run_predict(options)
+    if summary is None:  # a non-zero rank of a distributed run: rank 0 reports
+        return
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
+    ctx.exit(summary.exit_code)

@@ -1,0 +1,204 @@
+"""The torch side of the data layer: decode, degrade, preprocess per expert, collate.
+
+Every random choice for a sample comes from ``(run seed, epoch, sample index, view)`` alone, so a sample is the same
+whichever worker builds it and however many workers there are; a run can be replayed from its seed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fdcore.data.sources import DataError, open_image_rgb
+from fdcore.preprocess import Preprocessing
+
+# degrade(image uint8 HxWx3, sample_index, epoch[, view=k]) -> (degraded uint8 HxWx3, JSON-ready record)
+DegradeFn = Callable[..., tuple[np.ndarray, Any]]
+
+
+def sample_seed_sequence(seed: int, epoch: int, index: int, view: int = 0) -> np.random.SeedSequence:
+    """The seed of one sample's randomness: independent streams for every (seed, epoch, index, view)."""
+    for name, value in (("seed", seed), ("epoch", epoch), ("index", index), ("view", view)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return np.random.SeedSequence([int(seed), int(epoch), int(index), int(view)])
+
+
+def sample_rng(seed: int, epoch: int, index: int, view: int = 0) -> np.random.Generator:
+    return np.random.default_rng(sample_seed_sequence(seed, epoch, index, view))
+
+
+def seeded_degrade(function: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, Any]], seed: int) -> DegradeFn:
+    """Adapt ``function(image, rng) -> (image, record)`` to the dataset's ``degrade(image, index, epoch, view=0)``,
+    drawing ``rng`` from :func:`sample_rng` so the result depends on the run seed, epoch, index and view only."""
+
+    def degrade(image: np.ndarray, sample_index: int, epoch: int, view: int = 0):
+        degraded, record = function(image, sample_rng(seed, epoch, sample_index, view))
+        return degraded, {"seed": seed, "epoch": epoch, "index": sample_index, "view": view, "record": record}
+
+    degrade.seed = seed
+    return degrade
+
+
+def _accepts_view(function: Callable) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(parameter.name == "view" or parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters)
+
+
+def _as_preprocessing(item: Any, key: str) -> Preprocessing:
+    preprocessing = item if isinstance(item, Preprocessing) else getattr(item, "preprocessing", None)
+    if not isinstance(preprocessing, Preprocessing):
+        raise TypeError(f"{key}: expected a fdcore.Preprocessing or an expert with .preprocessing, got {type(item).__name__}")
+    return preprocessing
+
+
+def load_row_image(row: Mapping[str, Any]):
+    """The RGB PIL image of a source row: embedded bytes when the row has them, else the file at its path."""
+    path = row.get("path")
+    image = row.get("image")
+    if isinstance(image, Mapping):
+        if image.get("bytes"):
+            return open_image_rgb(data=image["bytes"], name=path)
+        if image.get("path") and os.path.isfile(image["path"]):
+            return open_image_rgb(path=image["path"])
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise DataError(f"{path!r}: the row has no image bytes and no such file exists")
+    return open_image_rgb(path=path)
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """A map-style torch Dataset over a labelled source (a ``datasets.Dataset`` or any sequence of row dicts).
+
+    Each item is ``{"pixels", "label", "index", "degradation", "path", "generator", "source"}``: ``pixels`` is one
+    tensor ``[3, S, S]`` when ``preprocessing`` is a single :class:`fdcore.Preprocessing` (or expert), or
+    ``{key: tensor}`` for a mapping of them (experts sharing a resize geometry share one resize); ``degradation``
+    is the degrade record as a JSON string (``"null"`` without ``degrade``). With ``views=2`` the item also holds
+    ``pixels_view2`` and ``degradation_view2``, a second, independently degraded view of the same image, for which
+    ``degrade`` is called with ``view=1`` and must accept that keyword.
+
+    Call :meth:`set_epoch` before each epoch (with non-persistent DataLoader workers, so that they see it).
+    """
+
+    def __init__(self, source: Sequence[Mapping[str, Any]], preprocessing: Any, *, degrade: DegradeFn | None = None,
+                 views: int = 1, epoch: int = 0):
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views!r}")
+        if views == 2 and degrade is not None and not _accepts_view(degrade):
+            raise TypeError("views=2 needs a degrade callable that accepts a view= keyword (use seeded_degrade) so "
+                            "the two views are degraded independently")
+        self.source = source
+        self.single = not isinstance(preprocessing, Mapping)
+        items = {"pixels": preprocessing} if self.single else dict(preprocessing)
+        if not items:
+            raise ValueError("preprocessing mapping is empty")
+        self.preprocessing = {key: _as_preprocessing(item, key) for key, item in items.items()}
+        self.degrade = degrade
+        self.views = views
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _pixels(self, image: np.ndarray):
+        from PIL import Image
+
+        resized: dict[tuple, Any] = {}
+        picture = Image.fromarray(image, mode="RGB")
+        out = {}
+        for key, preprocessing in self.preprocessing.items():
+            geometry = preprocessing.geometry_key
+            if geometry not in resized:
+                resized[geometry] = preprocessing.resize_image(picture)
+            # a writable copy: torch warns on (and must not alias) the read-only array PIL hands out
+            out[key] = preprocessing.normalize(np.array(resized[geometry], dtype=np.uint8))
+        return out["pixels"] if self.single else out
+
+    def _view(self, image: np.ndarray, index: int, view: int):
+        if self.degrade is None:
+            return self._pixels(image), "null"
+        degraded, record = self.degrade(image, index, self.epoch, view=view) if view else self.degrade(image, index, self.epoch)
+        if not isinstance(degraded, np.ndarray) or degraded.dtype != np.uint8 or degraded.ndim != 3 or degraded.shape[2] != 3:
+            raise RuntimeError(f"degrade returned {getattr(degraded, 'dtype', type(degraded).__name__)} "
+                               f"{getattr(degraded, 'shape', '')} for sample {index}, not an HxWx3 uint8 image")
+        return self._pixels(degraded), json.dumps(record, sort_keys=True, default=str)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+        return self.build(self.source[index], index)
+
+    def build(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        """The item for one source row whose randomness is keyed by ``index``."""
+        try:
+            image = np.asarray(load_row_image(row), dtype=np.uint8)
+        except DataError as exc:
+            raise DataError(f"sample {index}: {exc}") from None
+        pixels, record = self._view(image, index, 0)
+        item = {"pixels": pixels, "label": int(row["label"]), "index": index, "degradation": record,
+                "path": row["path"], "generator": row.get("generator") or "", "source": row.get("source") or ""}
+        if self.views == 2:
+            item["pixels_view2"], item["degradation_view2"] = self._view(image, index, 1)
+        return item
+
+
+def stable_sample_key(path: str) -> int:
+    """A 63-bit integer that names a row by its path/URI, the same in every process and run."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()[:8], "big") >> 1
+
+
+class DetectionIterableDataset(torch.utils.data.IterableDataset):
+    """The streaming counterpart of :class:`DetectionDataset`, over a ``datasets.IterableDataset``.
+
+    A stream has no stable row numbers across workers, so a sample's randomness is keyed by its path instead:
+    ``degrade`` receives :func:`stable_sample_key` ``(path)`` as ``sample_index`` (also the item's ``index``), and
+    the result is the same whichever worker reads the row. Rows are split between DataLoader workers by the
+    stream's shards (``datasets`` does this; give the stream at least as many shards as workers).
+    """
+
+    def __init__(self, source, preprocessing: Any, *, degrade: DegradeFn | None = None, views: int = 1,
+                 epoch: int = 0):
+        self._items = DetectionDataset([], preprocessing, degrade=degrade, views=views, epoch=epoch)
+        self.source = source
+
+    def set_epoch(self, epoch: int) -> None:
+        self._items.set_epoch(epoch)
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(int(epoch))  # reshuffles a shuffled stream per epoch, reproducibly
+
+    def __iter__(self):
+        for row in self.source:
+            yield self._items.build(row, stable_sample_key(row["path"]))
+
+
+def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack a list of :class:`DetectionDataset` items: tensors (and dicts of tensors) stacked, ints to a
+    LongTensor, strings kept as lists."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        first = values[0]
+        if isinstance(first, torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(first, Mapping):
+            batch[key] = {name: torch.stack([value[name] for value in values]) for name in first}
+        elif isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+            batch[key] = torch.tensor([int(value) for value in values], dtype=torch.long)
+        else:
+            batch[key] = list(values)
+    return batch

@@ -1,0 +1,480 @@
+"""Ensembles of experts: the on-disk format, loading (fdcore ensembles, single experts, FeatDistill releases),
+and batched scoring that decodes each image once and resizes it once per distinct expert geometry.
+
+    ENSEMBLE_DIR/ensemble.json
+    {
+      "format": "fdcore-ensemble", "format_version": 1,
+      "experts": [{"name": "expert_1", "path": "expert_1", "weight": 1.0}, ...],   # paths relative to ENSEMBLE_DIR
+      "aggregator": "mean",      # default fusion rule (a registered aggregator name)
+      "calibration": null,       # or a file name relative to ENSEMBLE_DIR
+      "threshold": null,         # or {"value": t, "target_fpr": f, "validation": {...}}
+      "card": {}                 # provenance
+    }
+
+Example:
+    >>> ensemble = fdcore.load_ensemble("my-ensemble", device="cpu", precision="fp32")
+    >>> ensemble.predict_pil([Image.open("a.jpg")])          # fused P(AI-generated), one float per image
+    >>> ensemble.predict_paths(["a.jpg", "broken.png"])       # dicts with score, per-expert probabilities, error
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fdcore.errors import FdcoreError
+
+FORMAT_NAME = "fdcore-ensemble"
+FORMAT_VERSION = 1
+ENSEMBLE_FILE = "ensemble.json"
+PRECISIONS = ("fp32", "bf16", "fp16")
+_MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FEATDISTILL_FILE = re.compile(r"^Expert_(\d+)_([A-Za-z0-9]+)\.pth$")
+
+
+class EnsembleError(FdcoreError):
+    """An ensemble directory or option that cannot be used; the message says what to fix."""
+
+
+@dataclasses.dataclass
+class Member:
+    """One expert of an ensemble, with what identifies the weights it was loaded from."""
+
+    name: str
+    expert: Any  # fdcore.Expert
+    weight: float
+    identity: str
+    source: str
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; explicit values are checked."""
+    import torch
+
+    device = device or "auto"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.split(":")[0] == "cuda" and not torch.cuda.is_available():
+        raise EnsembleError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise EnsembleError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """Default fp32 on CPU (exact reference reproduction), fp16 on GPU."""
+    if precision is None:
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if precision not in PRECISIONS:
+        raise EnsembleError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class Ensemble:
+    """Experts plus a default fusion rule; scores PIL images or files.
+
+    Attributes:
+        members: the experts, in ensemble order (per-expert outputs use this order and these names).
+        aggregator: the default aggregator name.
+        kind: ``fdcore-ensemble``, ``fdcore-expert`` or ``featdistill-release``.
+        identity: SHA-256 binding scores to the exact weights (and member names/weights) used.
+        geometries: the distinct :class:`fdcore.Preprocessing` resize geometries; images are resized once per entry.
+    """
+
+    def __init__(self, members: Sequence[Member], aggregator: str = "mean", kind: str = FORMAT_NAME,
+                 source: str = "", device: str = "cpu", precision: str = "fp32", card: dict | None = None,
+                 calibration: str | None = None, threshold: dict | None = None, calibrator=None):
+        if not members:
+            raise EnsembleError("an ensemble needs at least one expert")
+        names = [member.name for member in members]
+        if len(set(names)) != len(names):
+            raise EnsembleError(f"expert names in an ensemble must be unique, got {names}")
+        self.members = list(members)
+        self.aggregator = aggregator
+        self.kind = kind
+        self.source = source
+        self.device = device
+        self.precision = precision
+        self.card = card or {}
+        self.calibration = calibration
+        self.calibrator = calibrator  # fdcore.calibration.Calibration fitted on this ensemble's fused scores
+        self.threshold = threshold
+        self.identity = _sha256_json({"kind": kind, "members": [[m.name, m.weight, m.identity] for m in members],
+                                      "calibration": calibration})
+        self.geometries = []
+        self._geometry_of_member = []
+        keys = []
+        for member in self.members:
+            key = member.expert.preprocessing.geometry_key
+            if key not in keys:
+                keys.append(key)
+                self.geometries.append(member.expert.preprocessing)
+            self._geometry_of_member.append(keys.index(key))
+
+    # -- description ------------------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [member.name for member in self.members]
+
+    @property
+    def weights(self) -> list[float]:
+        return [member.weight for member in self.members]
+
+    def describe(self) -> dict:
+        """JSON-ready identity of the ensemble, recorded in every prediction's metadata."""
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "identity": self.identity,
+            "default_aggregator": self.aggregator,
+            "experts": [{"name": m.name, "expert": m.expert.name, "weight": m.weight, "identity": m.identity,
+                         "preprocessing": m.expert.preprocessing.to_dict()} for m in self.members],
+        }
+
+    # -- fusion -----------------------------------------------------------------------------------------------
+    def aggregator_for(self, name: str | None = None):
+        """The registered aggregator instance (``UnknownNameError`` lists the valid names)."""
+        from fdcore import registry
+
+        return registry.get_aggregator(name or self.aggregator)
+
+    def fusion_weights(self, aggregator, weights: Sequence[float] | None = None) -> list[float] | None:
+        """The weights an aggregator gets: explicit ``weights``, else ensemble.json's when the rule uses them.
+
+        Ensemble weights are passed only to rules that require weights, or that accept them when they are not all
+        equal (so 'logit-mean' over an unweighted ensemble stays the plain mean of logits).
+        """
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(self.members):
+                raise EnsembleError(f"{len(weights)} weights given for {len(self.members)} experts "
+                                    f"({', '.join(self.names)}); give one weight per expert, in this order")
+            if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+                raise EnsembleError(f"weights must be finite, non-negative and not all zero, got {weights}")
+            if not aggregator.uses_weights:
+                raise EnsembleError(f"aggregator {aggregator.name!r} does not take weights; drop --weights or use "
+                                    "'weighted' or 'logit-mean'")
+            return weights
+        if aggregator.requires_weights or (aggregator.uses_weights and len(set(self.weights)) > 1):
+            return self.weights
+        return None
+
+    def calibrated(self, scores, aggregator: str | None = None) -> tuple[np.ndarray, bool]:
+        """Apply the stored calibration when it was fitted for this fusion rule; returns (scores, applied).
+
+        A calibration maps one rule's score scale; applied to another rule's scores it would be wrong, so those are
+        returned unchanged (and outputs record that they are raw).
+        """
+        scores = np.asarray(scores, dtype=np.float64)
+        if not self.calibration_applies(aggregator):
+            return scores, False
+        return self.calibrator.apply(scores), True
+
+    def calibration_applies(self, aggregator: str | None = None) -> bool:
+        """Whether the stored calibration was fitted for this fusion rule (the default rule when None)."""
+        if self.calibrator is None:
+            return False
+        return (aggregator or self.aggregator) == self.calibrator.fitted_on.get("aggregator", self.aggregator)
+
+    def fuse(self, probabilities, aggregator: str | None = None, weights: Sequence[float] | None = None):
+        """Per-expert probabilities ``[n_experts, B]`` -> fused scores ``[B]`` (float64 numpy)."""
+        import torch
+
+        rule = self.aggregator_for(aggregator)
+        chosen = self.fusion_weights(rule, weights)
+        values = torch.as_tensor(np.asarray(probabilities, dtype=np.float64))
+        if values.shape[1] == 0:
+            return np.zeros(0, dtype=np.float64)
+        fused = rule(values, None if chosen is None else torch.tensor(chosen, dtype=torch.float64))
+        return fused.numpy().astype(np.float64)
+
+    # -- scoring ----------------------------------------------------------------------------------------------
+    def resize_all(self, rgb_image) -> list[np.ndarray]:
+        """One model-RGB PIL image -> one ``S x S x 3`` uint8 array per geometry (the expensive part, done once)."""
+        return [np.asarray(geometry.resize_image(rgb_image), dtype=np.uint8) for geometry in self.geometries]
+
+    def probabilities_from_resized(self, resized: Sequence[Any]):
+        """Per-geometry uint8 batches ``[B, S, S, 3]`` -> P(AI-generated) ``[n_experts, B]`` float64 numpy.
+
+        Normalisation runs here, per expert, with the same float32 operations as
+        :meth:`fdcore.Preprocessing.normalize`, so results are bitwise those of ``expert.preprocess``.
+        """
+        import torch
+
+        dtype = torch_dtype(self.precision)
+        batches = [torch.as_tensor(np.asarray(batch) if not torch.is_tensor(batch) else batch) for batch in resized]
+        count = batches[0].shape[0] if batches else 0
+        out = np.empty((len(self.members), count), dtype=np.float64)
+        if count == 0:
+            return out
+        with torch.inference_mode():
+            # uint8 travels to the device (4x less than float32); normalisation runs there. Contiguous NCHW like
+            # Preprocessing.normalize: a permuted (channels-last) tensor would make convolutions pick other kernels
+            # and change the last bits of the scores.
+            floats = [batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+                      .to(torch.float32).div_(255.0) for batch in batches]
+            for row, member in enumerate(self.members):
+                preprocessing = member.expert.preprocessing
+                mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+                std = torch.tensor(preprocessing.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+                pixels = floats[self._geometry_of_member[row]].sub(mean).div_(std).to(dtype)
+                if count == 1:
+                    # CPU kernels take another path for a batch of one (last-bit differences); padding it to two
+                    # keeps every image's score independent of how the images were batched.
+                    pixels = torch.cat([pixels, pixels])
+                out[row] = member.expert.probabilities(pixels)[:count].float().cpu().numpy().astype(np.float64)
+        return out
+
+    def expert_probabilities(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
+        """PIL images (any mode; the file pixel policy is applied) -> ``[n_experts, B]`` float64."""
+        from fdcore.images import prepare_pil
+
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = [self.resize_all(prepare_pil(image)[0]) for image in images[start:start + batch_size]]
+            stacked = [np.stack([item[g] for item in chunk]) for g in range(len(self.geometries))]
+            results.append(self.probabilities_from_resized(stacked))
+        if not results:
+            return np.zeros((len(self.members), 0))
+        return np.concatenate(results, axis=1)
+
+    def predict_pil(self, images: Sequence[Any], aggregator: str | None = None,
+                    weights: Sequence[float] | None = None, batch_size: int = 16) -> np.ndarray:
+        """Fused P(AI-generated) ``[B]`` for PIL images; NaN where an expert's output is not finite.
+
+        A set-level aggregator (``rank-mean``) ranks within this call's images.
+        """
+        probabilities = self.expert_probabilities(list(images), batch_size=batch_size)
+        return self._fuse_finite(probabilities, aggregator, weights)
+
+    def _fuse_finite(self, probabilities, aggregator, weights) -> np.ndarray:
+        scores = np.full(probabilities.shape[1], np.nan)
+        finite = np.isfinite(probabilities).all(axis=0)
+        if finite.any():
+            scores[finite] = self.calibrated(self.fuse(probabilities[:, finite], aggregator, weights), aggregator)[0]
+        return scores
+
+    def predict_paths(self, paths: Sequence[str | os.PathLike], aggregator: str | None = None,
+                      weights: Sequence[float] | None = None, batch_size: int = 16, max_pixels: int | None = None,
+                      max_aspect_ratio: float | None = None) -> list[dict]:
+        """Score files with the same safety checks as ``fdcore predict``; one dict per path, in order.
+
+        Each dict has ``path``, ``score`` (None when not scored), ``probabilities`` ({expert name: P}),
+        ``error`` (a reason code or None), ``detail`` and ``notes`` (pixel-policy notes such as ``exif_unreadable``).
+        """
+        from fdcore.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageRejected, open_image_file
+
+        results = []
+        prepared = []
+        for path in paths:
+            result = {"path": str(path), "score": None, "probabilities": {}, "error": None, "detail": "",
+                      "notes": []}
+            results.append(result)
+            try:
+                loaded = open_image_file(os.path.realpath(path), max_pixels or DEFAULT_MAX_PIXELS,
+                                         max_aspect_ratio or DEFAULT_MAX_ASPECT_RATIO)
+            except ImageRejected as exc:
+                result["error"], result["detail"] = exc.code, exc.detail
+                continue
+            result["notes"] = loaded.notes
+            prepared.append((result, self.resize_all(loaded.image)))
+        columns = []
+        for start in range(0, len(prepared), batch_size):
+            chunk = prepared[start:start + batch_size]
+            stacked = [np.stack([item[1][g] for item in chunk]) for g in range(len(self.geometries))]
+            columns.append(self.probabilities_from_resized(stacked))
+        if not prepared:
+            return results
+        probabilities = np.concatenate(columns, axis=1)
+        scores = self._fuse_finite(probabilities, aggregator, weights)
+        for index, (result, _) in enumerate(prepared):
+            result["probabilities"] = dict(zip(self.names, probabilities[:, index].tolist()))
+            if np.isfinite(scores[index]):
+                result["score"] = float(scores[index])
+            else:
+                result["error"], result["detail"] = "non_finite_score", "an expert returned NaN or infinity"
+        return results
+
+
+# -- on-disk format -------------------------------------------------------------------------------------------------
+
+def _validate_members(members: Sequence[dict], where: str) -> list[dict]:
+    if not isinstance(members, (list, tuple)) or not members:
+        raise EnsembleError(f"{where}: 'experts' must be a non-empty list of {{name, path, weight}}")
+    checked, seen = [], set()
+    for index, member in enumerate(members):
+        if not isinstance(member, dict):
+            raise EnsembleError(f"{where}: experts[{index}] must be an object with name, path and weight")
+        name, path, weight = member.get("name"), member.get("path"), member.get("weight", 1.0)
+        if not isinstance(name, str) or not _MEMBER_NAME.match(name):
+            raise EnsembleError(f"{where}: experts[{index}].name {name!r} must be letters, digits, '-', '_' or '.'")
+        if name in seen:
+            raise EnsembleError(f"{where}: expert name {name!r} appears twice")
+        seen.add(name)
+        if not isinstance(path, str) or not path or os.path.isabs(path):
+            raise EnsembleError(f"{where}: experts[{index}].path must be a path relative to the ensemble "
+                                f"directory, got {path!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight < 0:
+            raise EnsembleError(f"{where}: experts[{index}].weight must be a finite number >= 0, got {weight!r}")
+        checked.append({"name": name, "path": Path(path).as_posix(), "weight": float(weight)})
+    return checked
+
+
+def write_ensemble(directory, members: Sequence[dict], aggregator: str = "mean", card: dict | None = None,
+                   calibration: str | None = None, threshold: dict | None = None) -> Path:
+    """Write ``directory/ensemble.json`` atomically (the experts themselves are saved with ``fdcore.save_expert``).
+
+    Args:
+        directory: the ensemble directory (created if needed).
+        members: ``[{"name": ..., "path": <relative to directory>, "weight": 1.0}, ...]`` in ensemble order.
+        aggregator: default fusion rule name.
+        card: JSON-ready provenance (source release, training runs...).
+    Returns:
+        The path of ensemble.json.
+    """
+    directory = Path(directory)
+    checked = _validate_members(members, str(directory / ENSEMBLE_FILE))
+    document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "experts": checked,
+                "aggregator": aggregator, "calibration": calibration, "threshold": threshold, "card": card or {}}
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / ENSEMBLE_FILE
+    atomic_write_text(target, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return target
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new one, never a partial or empty file."""
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; outputs are ordinary shared files
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_ensemble_json(directory) -> dict:
+    path = Path(directory) / ENSEMBLE_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EnsembleError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME \
+            or document.get("format_version") != FORMAT_VERSION:
+        raise EnsembleError(f"{path} is not an {FORMAT_NAME} v{FORMAT_VERSION} file (see docs/predict.md)")
+    document["experts"] = _validate_members(document.get("experts"), str(path))
+    if not isinstance(document.get("aggregator", "mean"), str):
+        raise EnsembleError(f"{path}: 'aggregator' must be a registered aggregator name")
+    return document
+
+
+def featdistill_files(directory) -> list[str]:
+    """``Expert_<n>_<tag>.pth`` files of a FeatDistill release folder, in expert-number order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(match.group(1)), entry.name) for entry in directory.iterdir()
+             if (match := _FEATDISTILL_FILE.match(entry.name))]
+    return [name for _, name in sorted(found)]
+
+
+def load_ensemble(path, device: str | None = "auto", precision: str | None = None,
+                  skip_hash_check: bool = False, expert_config: dict | None = None) -> Ensemble:
+    """Load an ensemble directory, a single fdcore expert directory, or a FeatDistill release folder.
+
+    Args:
+        path: a directory with ``ensemble.json``, with ``expert.json`` (a one-expert ensemble), or with
+            ``Expert_<n>_<tag>.pth`` files (FeatDistill release: mean of the experts' P(fake)).
+        device: ``auto`` (GPU when visible), ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (default fp32 on CPU, fp16 on GPU); weights are cast to it.
+        skip_hash_check: load a FeatDistill release that has no manifest.json (the identity still hashes the
+            bytes that were loaded).
+        expert_config: FeatDistill releases only: ``{file tag: constructor kwargs}`` for checkpoints whose
+            architecture is not the plugin's default (e.g. a smaller backbone); see fdcore.featdistill.
+    """
+    from fdcore.expert_io import CONFIG_FILE, expert_identity, load_expert
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise EnsembleError(f"ensemble {directory} does not exist or is not a directory; pass a folder holding "
+                            f"{ENSEMBLE_FILE}, an fdcore expert (expert.json) or a FeatDistill release (Expert_*.pth)")
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    dtype = torch_dtype(precision)
+    if (directory / ENSEMBLE_FILE).is_file():
+        document = read_ensemble_json(directory)
+        members = []
+        for spec in document["experts"]:
+            expert_dir = directory / spec["path"]
+            expert = load_expert(expert_dir, device=device, dtype=dtype)
+            members.append(Member(spec["name"], expert, spec["weight"], expert_identity(expert_dir),
+                                  str(expert_dir)))
+        calibration = document.get("calibration")
+        calibration_identity = None
+        if calibration:
+            calibration_path = directory / calibration
+            if not calibration_path.is_file():
+                raise EnsembleError(f"{directory / ENSEMBLE_FILE} names calibration {calibration!r}, which is missing")
+            calibration_identity = hashlib.sha256(calibration_path.read_bytes()).hexdigest()
+            from fdcore.calibration import Calibration
+
+            calibrator = Calibration.load(calibration_path)
+        else:
+            calibrator = None
+        return Ensemble(members, aggregator=document.get("aggregator") or "mean", kind=FORMAT_NAME,
+                        source=str(directory.resolve()), device=device, precision=precision,
+                        card=document.get("card"), calibration=calibration_identity, calibrator=calibrator,
+                        threshold=document.get("threshold"))
+    if (directory / CONFIG_FILE).is_file():
+        expert = load_expert(directory, device=device, dtype=dtype)
+        member = Member(expert.name, expert, 1.0, expert_identity(directory), str(directory))
+        return Ensemble([member], aggregator="mean", kind="fdcore-expert", source=str(directory.resolve()),
+                        device=device, precision=precision)
+    files = featdistill_files(directory)
+    if files:
+        try:
+            from fdcore import featdistill
+        except ImportError as exc:
+            raise EnsembleError(f"{directory} looks like a FeatDistill release ({', '.join(files)}) but the "
+                                f"FeatDistill importer (fdcore.featdistill) is not available: {exc}") from exc
+        members = []
+        for item in featdistill.iter_featdistill_release(directory, skip_hash_check=skip_hash_check, device=device,
+                                                         dtype=dtype, expert_config=expert_config):
+            # item.sha256 hashes the very bytes that were deserialised, verified or not.
+            members.append(Member(item.name, item.expert.to(device=device, dtype=dtype).eval(), 1.0,
+                                  f"sha256:{item.sha256}", str(item.source.path)))
+        return Ensemble(members, aggregator="mean", kind="featdistill-release", source=str(directory.resolve()),
+                        device=device, precision=precision,
+                        card={"featdistill_release": [m.source for m in members],
+                              "hashes_checked": not skip_hash_check})
+    raise EnsembleError(f"{directory} is not an ensemble: expected {ENSEMBLE_FILE}, an fdcore expert "
+                        "(expert.json + model.safetensors + manifest.json) or a FeatDistill release "
+                        "(Expert_<n>_<tag>.pth files)")

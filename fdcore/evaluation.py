@@ -1,0 +1,281 @@
+"""Scoring a labelled dataset clean and under degradations: the engine of `fdcore evaluate` and `fdcore calibrate`.
+
+Each image is decoded once (the prediction pixel policy), then turned into its variants: the clean image, ``copies``
+draws of a degradation suite (a registered policy such as ``ntire2026-test-like``: 1-5 chained operators from
+different groups, applied identically to real and fake images), and optionally a per-operator sweep over levels
+1..5. Every variant's randomness comes from (seed, image index, variant), so the same command gives the same
+degraded images and the same records, whatever the number of workers. Variants are resized once per distinct
+expert geometry in DataLoader workers and scored in batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fdcore.errors import FdcoreError
+
+DEFAULT_SUITE = "ntire2026-test-like"
+
+
+class EvaluationError(FdcoreError):
+    """An evaluation cannot run as asked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantPlan:
+    """Which variants of every image to score."""
+
+    clean: bool = True
+    suite: str | None = DEFAULT_SUITE
+    copies: int = 1
+    sweep_operators: tuple[str, ...] = ()
+    sweep_levels: tuple[int, ...] = (1, 2, 3, 4, 5)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _suite_policy(plan: VariantPlan):
+    if not plan.suite:
+        return None
+    from fdcore.degradations.api import load_policy
+
+    return load_policy(plan.suite)
+
+
+class VariantDataset:
+    """Torch-style map dataset: item ``i`` is every variant of image ``i``, resized per ensemble geometry."""
+
+    def __init__(self, rows, geometries, plan: VariantPlan, max_pixels: int | None = None):
+        self.rows = rows
+        self.geometries = list(geometries)
+        self.plan = plan
+        self.max_pixels = max_pixels
+        self._policy = None  # loaded lazily in each worker
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _variants(self, index: int, pixels: np.ndarray):
+        from fdcore.degradations.api import apply_policy, degrade
+
+        plan = self.plan
+        if plan.clean:
+            yield {"variant": "clean", "degradation": "", "severity": 0.0, "record": None}, pixels
+        if plan.suite:
+            if self._policy is None:
+                self._policy = _suite_policy(plan)
+            for copy in range(plan.copies):
+                degraded, record = apply_policy(pixels, self._policy, seed=plan.seed, sample_id=f"{index}:{copy}")
+                steps = record["ops"]
+                chain = "+".join(step["op"] for step in steps)
+                severity = max((float(step["level"] if step["level"] is not None else 5 * step["severity"])
+                                for step in steps), default=0.0)
+                yield ({"variant": f"{plan.suite}#{copy}", "degradation": chain or "(none)",
+                        "severity": severity, "record": record}, degraded)
+        for operator in plan.sweep_operators:
+            for level in plan.sweep_levels:
+                degraded = degrade(pixels, operator, level=level, seed=plan.seed, sample_id=index)
+                yield ({"variant": f"{operator}@{level}", "degradation": operator, "severity": float(level),
+                        "record": {"op": operator, "level": level, "seed": plan.seed, "sample_id": index}}, degraded)
+
+    def __getitem__(self, index: int) -> dict:
+        from PIL import Image
+
+        from fdcore.data.torch_dataset import load_row_image
+        from fdcore.errors import FdcoreError as _Refused
+
+        row = self.rows[int(index)]
+        base = {"index": int(index), "path": row["path"], "label": int(row["label"]),
+                "generator": row.get("generator") or "", "source": row.get("source") or ""}
+        try:
+            pixels = np.asarray(load_row_image(row), dtype=np.uint8)
+        except _Refused as exc:
+            return {**base, "error": str(exc), "variants": []}
+        variants = []
+        for meta, image in self._variants(int(index), pixels):
+            picture = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+            resized = [np.asarray(geometry.resize_image(picture), dtype=np.uint8) for geometry in self.geometries]
+            variants.append({**meta, "resized": resized})
+        return {**base, "error": None, "variants": variants}
+
+
+def _identity_collate(items):
+    return items
+
+
+def score_dataset(ensemble, rows, plan: VariantPlan, aggregator: str | None = None,
+                  weights: Sequence[float] | None = None, batch_size: int = 16, workers: int = 0,
+                  use_calibration: bool = True, progress=None) -> tuple[list[dict], list[dict]]:
+    """Score every variant of every row (``progress``: optional tqdm-like bar, advanced per image). Returns ``(records, skipped)`` in the record format of
+    :mod:`fdcore.metrics.records` (one record per scored variant; ``expert:<name>`` columns per expert)."""
+    import torch
+
+    dataset = VariantDataset(rows, ensemble.geometries, plan)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=_identity_collate)
+    records, skipped, pending = [], [], []
+
+    def flush():
+        if not pending:
+            return
+        stacked = [np.stack([variant["resized"][g] for _, variant in pending]) for g in range(len(ensemble.geometries))]
+        probabilities = ensemble.probabilities_from_resized(stacked)
+        finite = np.isfinite(probabilities).all(axis=0)
+        fused = np.full(len(pending), np.nan)
+        if finite.any():
+            fused[finite] = ensemble.fuse(probabilities[:, finite], aggregator, weights)
+        for column, (item, variant) in enumerate(pending):
+            if not finite[column]:
+                skipped.append({"path": item["path"], "variant": variant["variant"], "reason": "non_finite_score"})
+                continue
+            score = float(fused[column])
+            record = {"image_id": f"{item['path']}@{variant['variant']}", "path": item["path"],
+                      "label": item["label"], "generator": item["generator"], "source": item["source"],
+                      "condition": "clean" if variant["variant"] == "clean" else "degraded",
+                      "degradation": variant["degradation"], "severity": variant["severity"],
+                      "raw_score": score, "score": score,
+                      "degradation_record": json.dumps(variant["record"], sort_keys=True)}
+            for name, value in zip(ensemble.names, probabilities[:, column]):
+                record[f"expert:{name}"] = float(value)
+            records.append(record)
+        pending.clear()
+
+    for [item] in loader:
+        if item["error"]:
+            skipped.append({"path": item["path"], "variant": "*", "reason": item["error"]})
+        for variant in item["variants"]:
+            pending.append((item, variant))
+            if len(pending) >= batch_size:
+                flush()
+        if progress is not None:
+            progress.update(1)
+    flush()
+    if use_calibration and records:
+        calibrated, applied = ensemble.calibrated(np.array([record["raw_score"] for record in records]), aggregator)
+        if applied:
+            for record, value in zip(records, calibrated):
+                record["score"] = float(value)
+    return records, skipped
+
+
+def load_rows(data: Sequence[str] | str, seed: int = 0, max_images: int | None = None):
+    """Every labelled row of a data spec once (weights ignored), optionally a seeded stratified subset."""
+    from fdcore.data import resolve_data_spec
+
+    spec = resolve_data_spec(data, seed=seed)
+    rows = spec.load_all()
+    if max_images and len(rows) > max_images:
+        from fdcore.data.spec import split_indices
+
+        labels = rows["label"]
+        _, chosen = split_indices([(label,) for label in labels], max_images / len(rows), seed)
+        rows = rows.select(chosen)
+    return spec, rows
+
+
+def _set_total(progress, total: int) -> None:
+    """Tell a tqdm-like progress bar how many images there are, once they are known."""
+    if progress is not None and hasattr(progress, "total"):
+        progress.total = total
+        progress.refresh()
+
+
+def write_records_csv(records: list[dict], path: Path) -> None:
+    """All records as CSV (one row per scored variant, with the exact degradation record as JSON)."""
+    import csv
+
+    if not records:
+        path.write_text("")
+        return
+    columns = list(records[0])
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({key: (f"{value:.8f}" if isinstance(value, float) else value)
+                             for key, value in record.items()})
+    os.replace(temporary, path)
+
+
+def run_evaluation(ensemble_path, data, out_dir, plan: VariantPlan, aggregator: str | None = None,
+                   weights: Sequence[float] | None = None, device: str = "auto", precision: str | None = None,
+                   batch_size: int = 16, workers: int = 0, bootstrap: int = 1000, threshold: float = 0.5,
+                   use_calibration: bool = True, max_images: int | None = None, title: str | None = None,
+                   progress=None) -> dict:
+    """`fdcore evaluate`: score, compute metrics, write metrics.json, records.csv, report.md/html and plots."""
+    from fdcore import __version__
+    from fdcore.ensemble import load_ensemble
+    from fdcore.metrics import compute_metrics
+    from fdcore.report import write_report
+
+    ensemble = load_ensemble(ensemble_path, device=device, precision=precision)
+    spec, rows = load_rows(data, seed=plan.seed, max_images=max_images)
+    _set_total(progress, len(rows))
+    records, skipped = score_dataset(ensemble, rows, plan, aggregator=aggregator, weights=weights,
+                                     batch_size=batch_size, workers=workers, use_calibration=use_calibration,
+                                     progress=progress)
+    calibrated = use_calibration and ensemble.calibration_applies(aggregator)
+    if not records:
+        raise EvaluationError(f"no image of {data} could be scored ({len(skipped)} skipped); see the reasons with "
+                              "fdcore data check")
+    operating_point = ensemble.threshold if calibrated else None
+    metrics = compute_metrics(records, threshold=threshold, bootstrap=bootstrap, seed=plan.seed,
+                              operating_point=operating_point)
+    metrics["evaluation"] = {
+        "ensemble": ensemble.describe(),
+        "aggregator": aggregator or ensemble.aggregator,
+        "weights": list(weights) if weights is not None else None,
+        "calibrated": calibrated,
+        "precision": ensemble.precision,
+        "variants": plan.to_dict(),
+        "data": {"spec": spec.to_dict(), "counts": spec.counts},
+        "images": len(rows),
+        "skipped": skipped,
+        "fdcore": __version__,
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_records_csv(records, out_dir / "records.csv")
+    write_report(metrics, records, out_dir, title=title or f"fdcore evaluation: {Path(ensemble_path).name}")
+    return metrics
+
+
+def run_calibration(ensemble_path, data, plan: VariantPlan, method: str = "temperature",
+                    target_fpr: float | None = 0.01, aggregator: str | None = None, device: str = "auto",
+                    precision: str | None = None, batch_size: int = 16, workers: int = 0,
+                    max_images: int | None = None, progress=None):
+    """`fdcore calibrate`: fit on validation data, store calibration.json with the ensemble, point ensemble.json
+    at it (and at the threshold). Returns the Calibration."""
+    from fdcore.calibration import fit_calibration
+    from fdcore.ensemble import ENSEMBLE_FILE, load_ensemble, read_ensemble_json, write_ensemble
+
+    directory = Path(ensemble_path)
+    if not (directory / ENSEMBLE_FILE).is_file():
+        raise EvaluationError(f"{directory} has no {ENSEMBLE_FILE}: calibration is stored with an fdcore ensemble "
+                              "(convert a FeatDistill release with `fdcore expert import-featdistill` first)")
+    ensemble = load_ensemble(directory, device=device, precision=precision)
+    spec, rows = load_rows(data, seed=plan.seed, max_images=max_images)
+    _set_total(progress, len(rows))
+    records, skipped = score_dataset(ensemble, rows, plan, aggregator=aggregator, batch_size=batch_size,
+                                     workers=workers, use_calibration=False, progress=progress)
+    if not records:
+        raise EvaluationError(f"no image of {data} could be scored ({len(skipped)} skipped)")
+    scores = np.array([record["raw_score"] for record in records])
+    labels = np.array([record["label"] for record in records])
+    calibration = fit_calibration(scores, labels, method=method, target_fpr=target_fpr,
+                                  description=json.dumps(spec.to_dict(), sort_keys=True, default=str))
+    calibration.fitted_on["aggregator"] = aggregator or ensemble.aggregator
+    calibration.fitted_on["variants"] = plan.to_dict()
+    calibration.save(directory / "calibration.json")
+    document = read_ensemble_json(directory)
+    write_ensemble(directory, document["experts"], aggregator=aggregator or document.get("aggregator") or "mean",
+                   card=document.get("card"), calibration="calibration.json", threshold=calibration.threshold)
+    return calibration

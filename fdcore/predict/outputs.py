@@ -1,0 +1,65 @@
+"""The final output files, written atomically at the end of a run from the work logs.
+
+Rows are sorted by ``image_name`` (Unicode code point order, which is also UTF-8 byte order) and numbers use
+one fixed format, so the files are byte-identical whatever the listing order, batch size or worker count.
+Names are written exactly as they are on disk (quoted by the CSV rules when they hold commas, quotes or newlines);
+nothing is prefixed, so a name such as ``=1+2.jpg`` round-trips but should not be opened in a spreadsheet that
+evaluates formulas.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from fdcore.ensemble import atomic_write_text
+
+SCORE_FORMAT = "{:.8f}"
+PREDICTION_COLUMNS = ("image_name", "score")
+ERROR_COLUMNS = ("image_name", "reason", "detail")
+INFO_COLUMNS = ("image_name", "format", "mode", "width", "height", "n_frames", "notes")
+
+
+def format_score(value: float) -> str:
+    return SCORE_FORMAT.format(value)
+
+
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_predictions(path: Path, rows: Sequence[tuple[str, float, Sequence[float]]],
+                      expert_names: Sequence[str] | None = None) -> None:
+    """``rows`` = (image_name, fused score, per-expert probabilities); per-expert columns when names are given."""
+    header = list(PREDICTION_COLUMNS) + [f"p_{name}" for name in (expert_names or [])]
+    body = []
+    for name, score, probabilities in sorted(rows, key=lambda row: row[0]):
+        line = [name, format_score(score)]
+        if expert_names:
+            line.extend(format_score(p) for p in probabilities)
+        body.append(line)
+    atomic_write_text(Path(path), _csv_text(header, body))
+
+
+def write_errors(path: Path, rows: Iterable[tuple[str, str, str]]) -> None:
+    atomic_write_text(Path(path), _csv_text(ERROR_COLUMNS, sorted(rows)))
+
+
+def write_image_info(path: Path, rows: Iterable[tuple[str, dict]]) -> None:
+    body = []
+    for name, info in sorted(rows, key=lambda row: row[0]):
+        frames = info.get("n_frames")
+        body.append([name, info.get("format", ""), info.get("mode", ""), info.get("width", ""),
+                     info.get("height", ""), "" if frames is None else frames, ";".join(info.get("notes", []))])
+    atomic_write_text(Path(path), _csv_text(INFO_COLUMNS, body))
+
+
+def write_meta(path: Path, meta: dict) -> None:
+    atomic_write_text(Path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")

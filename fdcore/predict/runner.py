@@ -1,0 +1,440 @@
+"""``fdcore predict``: score every image under a folder with an ensemble, resumably and fault-tolerantly.
+
+The flow of one run (see docs/predict.md for the user-facing contract):
+
+1. lock ``OUT_DIR/.lock`` (rank 0), load the ensemble, build the binding and check it against the work directory;
+2. list the inputs (:func:`fdcore.walk.walk_images`) and keep those with no result for their current size+mtime;
+3. decode + resize in DataLoader workers (each image decoded once, resized once per distinct expert geometry)
+   while the main process runs the experts; each batch's outcomes are appended to the work log at once;
+4. merge every work log into the sorted final files, fusing per-expert probabilities with the aggregator over the
+   whole set (so set-level rules such as rank-mean see every image, and batching cannot change any score).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from fdcore.ensemble import Ensemble, load_ensemble, resolve_device, resolve_precision
+from fdcore.images import (DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, PIXEL_POLICY_VERSION, ImageRejected,
+                           open_image_file)
+from fdcore.predict import outputs, state, worklog
+from fdcore.predict.distributed import ProcessGroup, process_group, shard
+from fdcore.walk import Candidate, WalkResult, walk_images
+
+EXIT_COMPLETE = 0
+EXIT_USER_ERROR = 2
+EXIT_PARTIAL = 3
+FORMAT_NAME = "fdcore-predictions"
+FORMAT_VERSION = 1
+# Failures that may not happen again (the file or the machine may have been fixed): retried on every run.
+RETRIED_CODES = frozenset({"read_failed", "out_of_memory", "worker_failed"})
+# Testing aid: seconds to sleep after each batch is logged, so tests can kill a run in the middle.
+THROTTLE_ENV = "FDCORE_PREDICT_TEST_THROTTLE"
+
+
+@dataclasses.dataclass
+class PredictOptions:
+    """Everything ``fdcore predict`` accepts (the CLI maps its flags one to one onto these)."""
+
+    images: str
+    ensemble: str
+    out: str
+    aggregator: str | None = None  # default: the ensemble's own
+    weights: Sequence[float] | None = None
+    per_expert: bool = False
+    batch_size: int = 16
+    workers: int = 2
+    precision: str | None = None  # default fp32 on CPU, fp16 on GPU
+    device: str = "auto"
+    overwrite: bool = False
+    quiet: bool = False
+    save_every: int = 8  # batches between fsyncs (each batch is handed to the OS at once regardless)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    skip_hash_check: bool = False
+
+
+@dataclasses.dataclass
+class PredictSummary:
+    status: str
+    exit_code: int
+    images: int
+    scored: int
+    skipped: int
+    ignored: int
+    processed_this_run: int
+    reused: int
+    reasons: dict[str, int]
+    torn_tails_dropped: int
+    corrupt_lines_dropped: int
+    out_dir: str
+    predictions: str
+    errors: str
+    elapsed_s: float
+    images_per_s: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def line(self) -> str:
+        reasons = ", ".join(f"{code} {count}" for code, count in sorted(self.reasons.items()))
+        text = (f"{self.status}: {self.scored}/{self.images} images scored ({self.processed_this_run} this run, "
+                f"{self.reused} reused), {self.skipped} skipped, {self.ignored} ignored"
+                f"{' [' + reasons + ']' if reasons else ''}; {self.images_per_s:.1f} images/s -> {self.predictions}")
+        return text
+
+
+def _check_options(options: PredictOptions) -> None:
+    if not Path(options.images).is_dir():
+        raise state.PredictError(f"IMAGES {options.images} is not a directory; pass the folder holding the images")
+    for name in ("batch_size", "save_every", "max_pixels"):
+        if int(getattr(options, name)) < 1:
+            raise state.PredictError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
+    if options.workers < 0:
+        raise state.PredictError(f"--workers must be 0 or more, got {options.workers}")
+    if not options.max_aspect_ratio >= 1:
+        raise state.PredictError(f"the maximum aspect ratio must be at least 1, got {options.max_aspect_ratio}")
+
+
+def _versions() -> dict[str, str]:
+    import PIL
+    import torch
+
+    from fdcore import __version__
+
+    return {"python": platform.python_version(), "fdcore": __version__, "torch": torch.__version__,
+            "pillow": PIL.__version__, "numpy": np.__version__}
+
+
+def _plugin_set() -> list[str]:
+    from fdcore.plugins import plugins_info
+
+    return sorted(f"{item['name']}=={item['version']}" for item in plugins_info(include_builtins=False))
+
+
+def build_binding(options: PredictOptions, ensemble: Ensemble, aggregator, weights) -> dict:
+    """Everything that determines the scores; resuming requires an exact match."""
+    from fdcore.preprocess import PREPROCESS_VERSION
+
+    described = ensemble.describe()
+    described.pop("source", None)  # moving the ensemble folder does not change the weights
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "ensemble": described,
+        "aggregator": aggregator.name,
+        "aggregator_set_level": bool(aggregator.set_level),
+        "weights": weights,
+        "preprocess_version": PREPROCESS_VERSION,
+        "pixel_policy_version": PIXEL_POLICY_VERSION,
+        "limits": {"max_pixels": int(options.max_pixels), "max_aspect_ratio": float(options.max_aspect_ratio)},
+        "precision": ensemble.precision,
+        "device_type": ensemble.device.split(":")[0],
+        "versions": _versions(),
+        "plugins": _plugin_set(),
+        "input_root": os.path.realpath(options.images),
+        "score_format": outputs.SCORE_FORMAT,
+    }
+
+
+# -- decoding in DataLoader workers -----------------------------------------------------------------------------------
+
+class ImageDataset:
+    """Map-style dataset: candidate -> resized uint8 arrays (one per geometry) or an error record."""
+
+    def __init__(self, items: Sequence[Candidate], geometries: Sequence[Any], max_pixels: int,
+                 max_aspect_ratio: float):
+        self.items = list(items)
+        self.geometries = list(geometries)
+        self.max_pixels = max_pixels
+        self.max_aspect_ratio = max_aspect_ratio
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        base = {"name": item.name, "size": item.size, "mtime_ns": item.mtime_ns}
+        try:
+            loaded = open_image_file(item.path, self.max_pixels, self.max_aspect_ratio)
+            arrays = [np.asarray(geometry.resize_image(loaded.image), dtype=np.uint8)
+                      for geometry in self.geometries]
+        except ImageRejected as exc:
+            return {**base, "status": "error", "code": exc.code, "detail": exc.detail}
+        except MemoryError:
+            return {**base, "status": "error", "code": "out_of_memory", "detail": "ran out of memory decoding"}
+        except Exception as exc:  # a decoder bug on one hostile file must not stop the run
+            return {**base, "status": "error", "code": "decode_failed",
+                    "detail": f"unexpected {type(exc).__name__}: {exc}"}
+        info = {"format": loaded.format, "mode": loaded.mode, "width": loaded.width, "height": loaded.height,
+                "n_frames": loaded.n_frames, "notes": loaded.notes}
+        return {**base, "size": loaded.size_bytes, "mtime_ns": loaded.mtime_ns, "status": "ok", "info": info,
+                "arrays": arrays}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Runs in the worker: stacks the decoded images per geometry, passes failures through."""
+    import torch
+
+    decoded = [sample for sample in samples if sample["status"] == "ok"]
+    arrays = []
+    if decoded:
+        arrays = [torch.from_numpy(np.stack([sample["arrays"][g] for sample in decoded]))
+                  for g in range(len(decoded[0]["arrays"]))]
+    return {"decoded": [{k: v for k, v in s.items() if k != "arrays"} for s in decoded], "arrays": arrays,
+            "failed": [sample for sample in samples if sample["status"] != "ok"]}
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # workers decode and resize with Pillow; torch threads would only compete
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="img", desc="fdcore predict", file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def score_items(ensemble: Ensemble, items: Sequence[Candidate], log_path: Path, options: PredictOptions,
+                show_progress: bool) -> int:
+    """Score ``items`` into the work log at ``log_path``; returns how many were processed."""
+    import torch
+
+    if not items:
+        return 0
+    dataset = ImageDataset(items, ensemble.geometries, options.max_pixels, options.max_aspect_ratio)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=options.batch_size, shuffle=False, num_workers=options.workers, collate_fn=collate,
+        worker_init_fn=_worker_init if options.workers else None, pin_memory=ensemble.device.startswith("cuda"))
+    throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
+    writer = worklog.LogWriter(log_path)
+    progress = _progress(len(items), show_progress)
+    processed = 0
+    try:
+        for batch_number, batch in enumerate(loader, start=1):
+            records = list(batch["failed"])
+            if batch["decoded"]:
+                probabilities = ensemble.probabilities_from_resized(batch["arrays"])
+                for column, sample in enumerate(batch["decoded"]):
+                    values = probabilities[:, column]
+                    if np.isfinite(values).all():
+                        records.append({**sample, "p": [float(v) for v in values]})
+                    else:
+                        records.append({"name": sample["name"], "size": sample["size"],
+                                        "mtime_ns": sample["mtime_ns"], "status": "error",
+                                        "code": "non_finite_score",
+                                        "detail": "expert output is NaN or infinite: "
+                                                  + ", ".join(f"{n}={v!r}" for n, v in zip(ensemble.names, values))})
+            records.sort(key=lambda record: record["name"])
+            writer.write(records)
+            if batch_number % options.save_every == 0:
+                writer.sync()
+            processed += len(records)
+            if progress is not None:
+                progress.update(len(records))
+            if throttle:
+                time.sleep(throttle)
+    finally:
+        writer.close()
+        if progress is not None:
+            progress.close()
+    return processed
+
+
+# -- planning and merging ---------------------------------------------------------------------------------------------
+
+def _usable(row: dict, candidate: Candidate, n_experts: int) -> bool:
+    if row["size"] != candidate.size or row["mtime_ns"] != candidate.mtime_ns:
+        return False
+    if row["status"] == "ok":
+        return len(row["p"]) == n_experts
+    return row["code"] not in RETRIED_CODES
+
+
+def current_results(rows: Sequence[dict], candidates: Sequence[Candidate], n_experts: int) -> dict[str, dict]:
+    """For each candidate, the last logged outcome that matches its current size and mtime."""
+    by_name: dict[str, Candidate] = {candidate.name: candidate for candidate in candidates}
+    results: dict[str, dict] = {}
+    for row in rows:
+        candidate = by_name.get(row["name"])
+        if candidate is not None and _usable(row, candidate, n_experts):
+            results[row["name"]] = row
+    return results
+
+
+@dataclasses.dataclass
+class Plan:
+    work_dir: Path
+    binding: dict
+    walk: WalkResult
+    todo: list[Candidate]
+    reused: int
+    torn_tails: int = 0  # found (and dropped) when the run started
+    corrupt_lines: int = 0
+
+
+def plan_run(options: PredictOptions, ensemble: Ensemble, aggregator, weights) -> Plan:
+    out_dir = Path(options.out)
+    binding = build_binding(options, ensemble, aggregator, weights)
+    work_dir = state.prepare_work_dir(out_dir, binding, options.overwrite)
+    walk = walk_images(options.images, exclude=[out_dir])
+    logs = worklog.read_logs(work_dir)
+    done = current_results(logs.rows, walk.candidates, len(ensemble.members))
+    todo = [candidate for candidate in walk.candidates if candidate.name not in done]
+    return Plan(work_dir, binding, walk, todo, len(done), logs.torn_tails, logs.corrupt_lines)
+
+
+def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, aggregator_name: str, weights,
+             processed_this_run: int, started: float, world_size: int) -> PredictSummary:
+    """Merge the work logs into the final files (atomic, sorted) and summarise."""
+    out_dir = Path(options.out)
+    logs = worklog.read_logs(plan.work_dir)
+    results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members))
+    scored_rows = [results[c.name] for c in plan.walk.candidates if c.name in results
+                   and results[c.name]["status"] == "ok"]
+    error_rows = [(skip.name, skip.code, skip.detail) for skip in plan.walk.skipped]
+    for candidate in plan.walk.candidates:
+        row = results.get(candidate.name)
+        if row is None:
+            error_rows.append((candidate.name, "not_scored", "no outcome was recorded (a process stopped early?); "
+                                                             "rerun the same command to finish"))
+        elif row["status"] == "error":
+            error_rows.append((candidate.name, row["code"], row.get("detail", "")))
+    probabilities = np.array([row["p"] for row in scored_rows], dtype=np.float64).T.reshape(
+        len(ensemble.members), len(scored_rows))
+    scores = ensemble.fuse(probabilities, aggregator_name, weights) if scored_rows else np.zeros(0)
+    scores, calibrated = ensemble.calibrated(scores, aggregator_name)
+    if plan.work_dir.name == state.STAGING_DIR:
+        plan.work_dir = state.promote(out_dir, plan.work_dir)
+    outputs.write_predictions(out_dir / "predictions.csv",
+                              [(row["name"], float(score), row["p"]) for row, score in zip(scored_rows, scores)],
+                              ensemble.names if options.per_expert else None)
+    outputs.write_errors(out_dir / "errors.csv", error_rows)
+    outputs.write_image_info(out_dir / "image_info.csv", [(row["name"], row.get("info", {})) for row in scored_rows])
+    ignored_codes = {skip.code for skip in plan.walk.skipped if skip.ignored}
+    reasons: dict[str, int] = {}
+    for _, code, _ in error_rows:
+        reasons[code] = reasons.get(code, 0) + 1
+    ignored = sum(1 for skip in plan.walk.skipped if skip.ignored)
+    skipped = len(error_rows) - ignored
+    elapsed = time.time() - started
+    summary = PredictSummary(
+        status="complete" if skipped == 0 else "partial",
+        exit_code=EXIT_COMPLETE if skipped == 0 else EXIT_PARTIAL,
+        images=len(plan.walk.candidates), scored=len(scored_rows), skipped=skipped, ignored=ignored,
+        processed_this_run=processed_this_run, reused=plan.reused, reasons=reasons,
+        torn_tails_dropped=plan.torn_tails + logs.torn_tails,
+        corrupt_lines_dropped=max(plan.corrupt_lines, logs.corrupt_lines),
+        out_dir=str(out_dir), predictions=str(out_dir / "predictions.csv"), errors=str(out_dir / "errors.csv"),
+        elapsed_s=round(elapsed, 3), images_per_s=round(processed_this_run / elapsed, 3) if elapsed > 0 else 0.0)
+    meta = {
+        **plan.binding,
+        "ensemble_source": ensemble.source,
+        "score_definition": f"{aggregator_name} of the experts' P(AI-generated)"
+                            + (f" with weights {weights}" if weights else "")
+                            + (", calibrated (calibration.json)" if calibrated else ""),
+        "calibrated": calibrated,
+        "threshold": ensemble.threshold if calibrated else None,
+        "counts": {key: getattr(summary, key) for key in ("images", "scored", "skipped", "ignored",
+                                                           "processed_this_run", "reused")},
+        "reasons": reasons,
+        "ignored_reasons": sorted(ignored_codes),
+        "status": summary.status,
+        "run": {"batch_size": options.batch_size, "workers": options.workers, "world_size": world_size,
+                "per_expert": options.per_expert, "save_every": options.save_every},
+        "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
+    outputs.write_meta(out_dir / "predictions.meta.json", meta)
+    return summary
+
+
+# -- the whole run ----------------------------------------------------------------------------------------------------
+
+def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
+                echo: Callable[[str], None] | None = None) -> PredictSummary | None:
+    """Run ``fdcore predict``. Returns the summary on rank 0 (None on other ranks of a distributed run).
+
+    Args:
+        options: the run's options.
+        ensemble: an already loaded ensemble (tests, notebooks); loaded from ``options.ensemble`` when None.
+        echo: where progress messages go (default stderr, nothing when ``options.quiet``).
+    """
+    started = time.time()
+    _check_options(options)
+    if ensemble is None and not Path(options.ensemble).is_dir():
+        raise state.PredictError(f"--ensemble {options.ensemble} is not a directory; pass a folder holding "
+                                 "ensemble.json, an fdcore expert (expert.json) or a FeatDistill release")
+    say = echo or ((lambda message: None) if options.quiet else (lambda message: print(message, file=sys.stderr)))
+    out_dir = Path(options.out)
+    lock = state.OutputLock(out_dir)
+    launched_rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else 0
+    if launched_rank == 0:  # lock first: a refused run costs no model loading and writes nothing
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    group = ProcessGroup()
+    try:
+        device = resolve_device(options.device)
+        group = process_group(device)
+        if group.distributed and device.startswith("cuda"):
+            device = f"cuda:{group.local_rank}"
+        precision = resolve_precision(options.precision, device)
+        if group.is_main:
+            try:
+                if ensemble is None:
+                    say(f"loading ensemble {options.ensemble} ({device}, {precision})")
+                    ensemble = load_ensemble(options.ensemble, device=device, precision=precision,
+                                             skip_hash_check=options.skip_hash_check)
+                aggregator = ensemble.aggregator_for(options.aggregator)
+                weights = ensemble.fusion_weights(aggregator, options.weights)
+                plan = plan_run(options, ensemble, aggregator, weights)
+            except BaseException as exc:
+                group.broadcast({"error": f"{type(exc).__name__}: {exc}"})
+                raise
+            group.broadcast({"todo": plan.todo, "work_dir": str(plan.work_dir),
+                             "identity": ensemble.identity})
+            say(f"{len(plan.walk.candidates)} images, {plan.reused} already scored, {len(plan.todo)} to score"
+                + (f" on {group.world_size} processes" if group.distributed else ""))
+        else:
+            setup = group.broadcast(None)
+            if "error" in setup:
+                raise state.PredictError(f"rank 0 could not start: {setup['error']}")
+            if ensemble is None:
+                ensemble = load_ensemble(options.ensemble, device=device, precision=precision,
+                                         skip_hash_check=options.skip_hash_check)
+            if ensemble.identity != setup["identity"]:
+                raise state.PredictError(f"rank {group.rank} loaded a different ensemble than rank 0 "
+                                         f"({ensemble.identity[:12]} vs {setup['identity'][:12]}); every process "
+                                         "must see the same ensemble files")
+            plan = Plan(Path(setup["work_dir"]), {}, WalkResult([], []), setup["todo"], 0)
+        mine = shard(plan.todo, group.rank, group.world_size)
+        log_path = plan.work_dir / worklog.log_name(group.rank, group.world_size)
+        processed = score_items(ensemble, mine, log_path, options,
+                                show_progress=group.is_main and not options.quiet)
+        group.barrier()
+        if not group.is_main:
+            return None
+        summary = finalise(options, ensemble, plan, aggregator.name, weights,
+                           processed_this_run=len(plan.todo) if group.distributed else processed,
+                           started=started, world_size=group.world_size)
+        say(summary.line())
+        return summary
+    finally:
+        lock.release()
+        group.close()

@@ -1,0 +1,195 @@
+"""The recipe's plumbing: data, expert construction, loaders, evaluation, run log, model card, resume rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fdcore.training import TrainingError, environment_record, write_json_atomic
+
+# Keys that may differ when resuming a run: they change how fast it goes, not what it computes.
+RESUME_MAY_CHANGE = ("workers", "log_every", "resume", "stop_after")
+
+
+def resolve_resume(config: dict, output_dir: Path) -> dict:
+    """With --resume, the run's recorded configuration; without it, refuse to overwrite an existing run."""
+    record = output_dir / "run.json"
+    if config["resume"]:
+        if not record.is_file():
+            raise TrainingError(f"nothing to resume: {record} does not exist (start a run with --output-dir "
+                                f"{output_dir} first)")
+        saved = json.loads(record.read_text())["config"]
+        resumed = {**saved, **{key: config[key] for key in RESUME_MAY_CHANGE}}
+        return resumed
+    if record.is_file():
+        raise TrainingError(f"{output_dir} already holds a training run; pass --resume to continue it, or choose "
+                            "another --output-dir")
+    return config
+
+
+def stage_finished(stage_dir: Path) -> bool:
+    return (stage_dir / "done.json").is_file() and (stage_dir / "expert" / "manifest.json").is_file()
+
+
+@dataclasses.dataclass
+class TrainingData:
+    spec: Any
+    train: Any
+    validation: Any
+
+    def summary(self) -> str:
+        counts = self.spec.counts
+        train = counts.get("mixed", {})
+        validation = counts.get("validation", {})
+        return (f"train {train.get('rows')} images ({train.get('fake', '?')} AI-generated), validation "
+                f"{validation.get('rows')} images ({validation.get('fake', '?')} AI-generated)")
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec.to_dict(), "counts": self.spec.counts}
+
+
+def load_data(config: dict) -> TrainingData:
+    from fdcore.data import ValidationSpec, resolve_data_spec
+
+    spec = resolve_data_spec(config["data"], seed=config["seed"])
+    if config["validation"]:
+        spec.validation = ValidationSpec(data=resolve_data_spec(config["validation"], seed=config["seed"]))
+    elif spec.validation is None and config["validation_fraction"]:
+        spec.validation = ValidationSpec(fraction=config["validation_fraction"])
+    train, validation = spec.load_splits()
+    if not hasattr(train, "__len__"):
+        raise TrainingError("streaming sources are not supported by the two-stage recipe yet: it needs a known "
+                            "epoch length; load the source in full or give it a non-streaming copy")
+    return TrainingData(spec, train, validation)
+
+
+def build_expert(config: dict):
+    import fdcore
+
+    options = config["expert_options"] or {}
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except ValueError as exc:
+            raise TrainingError(f"--expert-options is not a JSON object: {exc}") from exc
+    options = dict(options)
+    if config["init"] == "random":
+        if not config["backbone_config"]:
+            raise TrainingError("--init random needs --backbone-config FILE.json (a backbone config)")
+        path = Path(config["backbone_config"])
+        try:
+            options["backbone_config"] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"cannot read --backbone-config {path}: {exc}") from exc
+    elif config["backbone"]:
+        options["backbone"] = config["backbone"]
+    try:
+        return fdcore.get_expert(config["expert"], **options)
+    except TypeError as exc:
+        raise TrainingError(f"expert {config['expert']!r} does not accept these options {sorted(options)}: {exc}") from exc
+
+
+def policy_degrader(policy_name: str | None, seed: int, aligned: bool):
+    """The dataset's ``degrade(image, index, epoch, view=0)`` for a registered policy, seeded per sample."""
+    if not policy_name or policy_name == "none":
+        return None
+    from fdcore.data import seeded_degrade
+    from fdcore.degradations.api import apply_policy, load_policy
+
+    policy = load_policy(policy_name, preserve_alignment=aligned)
+
+    def degrade_with_policy(image, rng):
+        # An integer seed drawn from the per-sample stream, recorded so the exact chain can be replayed.
+        sample_seed = int(rng.integers(0, 2**31 - 1))
+        return apply_policy(image, policy, seed=sample_seed)
+
+    return seeded_degrade(degrade_with_policy, seed)
+
+
+def training_dataset(data: TrainingData, expert, config: dict, stage: int, aligned: bool, views: int):
+    from fdcore.data import DetectionDataset
+
+    degrade = policy_degrader(config["policy"], config["seed"] + 1000 * stage, aligned)
+    return DetectionDataset(data.train, expert, degrade=degrade, views=views)
+
+
+def loader(dataset, config: dict, sampler=None, shuffle_training: bool = True):
+    from fdcore.data import collate_samples
+
+    if sampler is not None and len(dataset) < config["batch_size"]:
+        raise TrainingError(f"the training set has {len(dataset)} images, fewer than one batch of "
+                            f"{config['batch_size']}; lower --batch-size or add data")
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=config["batch_size"], sampler=sampler, num_workers=config["workers"],
+        collate_fn=collate_samples, drop_last=sampler is not None, persistent_workers=False)
+
+
+def validation_loaders(data: TrainingData, expert, config: dict) -> dict:
+    from fdcore.data import DetectionDataset
+
+    if data.validation is None or len(data.validation) == 0:
+        return {}
+    loaders = {"clean": loader(DetectionDataset(data.validation, expert), config)}
+    degrade = policy_degrader(config["validation_policy"], config["seed"] + 7919, aligned=False)
+    if degrade is not None:
+        loaders["degraded"] = loader(DetectionDataset(data.validation, expert, degrade=degrade), config)
+    return loaders
+
+
+@torch.no_grad()
+def evaluate(student, loaders: dict, accelerator) -> dict:
+    """ROC AUC (the packaged evaluate metric) and BCE on each validation loader, gathered across processes."""
+    from fdcore.metrics.scores import MetricError, roc_auc
+
+    results = {}
+    was_training = student.training
+    student.eval()
+    for name, dataloader in loaders.items():
+        probabilities, labels, losses = [], [], []
+        for batch in dataloader:
+            logits, _ = student(batch["pixels"], with_features=False)
+            probability = torch.softmax(logits.float(), dim=-1)[:, 1]
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="none")
+            probability, label, loss = accelerator.gather_for_metrics((probability, batch["label"], loss))
+            probabilities.append(probability.cpu())
+            labels.append(label.cpu())
+            losses.append(loss.cpu())
+        scores = torch.cat(probabilities).numpy()
+        truth = torch.cat(labels).numpy()
+        results[f"{name}_bce"] = float(torch.cat(losses).mean())
+        try:
+            results[f"{name}_roc_auc"] = roc_auc(truth, scores, what=f"{name} validation")
+        except MetricError:
+            results[f"{name}_roc_auc"] = float("nan")  # one class only: AUC undefined, reported as NaN
+    student.train(was_training)
+    return results
+
+
+class RunLog:
+    """One JSON object per line (main process only): training steps and evaluations, for people and scripts."""
+
+    def __init__(self, path: Path, accelerator):
+        self.path, self.accelerator = Path(path), accelerator
+
+    def write(self, **fields) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in fields.items()}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(clean, sort_keys=True) + "\n")
+
+
+def model_card(config: dict, data: TrainingData, metrics: dict) -> dict:
+    return {
+        "recipe": "two_stage",
+        "data": data.to_dict(),
+        "hyperparameters": config,
+        "metrics": metrics,
+        **environment_record(),
+    }

@@ -1,0 +1,111 @@
+"""`fdcore evaluate` and `fdcore calibrate` on a toy ensemble: real scoring, degradations, metrics, report."""
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import fdcore
+from fdcore.cli import cli
+from fdcore.ensemble import write_ensemble
+
+
+@pytest.fixture
+def toy_ensemble(tmp_path):
+    directory = tmp_path / "ensemble"
+    fdcore.save_expert(fdcore.get_expert("toy", seed=1), directory / "expert_1")
+    fdcore.save_expert(fdcore.get_expert("toy", seed=2), directory / "expert_2")
+    write_ensemble(directory, [{"name": "one", "path": "expert_1", "weight": 1.0},
+                               {"name": "two", "path": "expert_2", "weight": 1.0}])
+    return directory
+
+
+@pytest.fixture
+def small_folder(tmp_path):
+    from conftest import make_learnable_folder
+
+    return make_learnable_folder(tmp_path / "data", per_class=12)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_evaluate_writes_metrics_records_and_report(toy_ensemble, small_folder, tmp_path):
+    out = tmp_path / "eval"
+    result = invoke("evaluate", "--ensemble", str(toy_ensemble), "--data", str(small_folder), "--out", str(out),
+                    "--copies", "2", "--bootstrap", "50", "--workers", "0", "--quiet")
+    assert "robust ROC AUC" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["clean_roc_auc"] <= 1 and 0 <= metrics["robust_roc_auc"] <= 1
+    assert set(metrics["experts"]) == {"one", "two"}
+    assert metrics["evaluation"]["variants"]["suite"] == "ntire2026-test-like"
+    assert metrics["counts"]["clean"]["n"] == 24 and metrics["counts"]["degraded"]["n"] == 48
+    rows = read_rows(out / "records.csv")
+    assert len(rows) == 24 * 3
+    degraded = [row for row in rows if row["condition"] == "degraded"]
+    assert len(degraded) == 48
+    for row in degraded:
+        record = json.loads(row["degradation_record"])
+        chain = [step["op"] for step in record["ops"]]
+        assert 1 <= len(chain) <= 5 and "+".join(chain) == row["degradation"]
+        assert record["seed"] == 0
+    for name in ("report.html", "report.md", "roc_curves.png"):
+        assert (out / name).is_file()
+
+
+def test_evaluate_is_deterministic_across_workers(toy_ensemble, small_folder, tmp_path):
+    common = ["--ensemble", str(toy_ensemble), "--data", str(small_folder), "--bootstrap", "0", "--quiet",
+              "--seed", "4"]
+    invoke("evaluate", *common, "--out", str(tmp_path / "a"), "--workers", "0", "--batch-size", "5")
+    invoke("evaluate", *common, "--out", str(tmp_path / "b"), "--workers", "2", "--batch-size", "16")
+    assert (tmp_path / "a" / "records.csv").read_bytes() == (tmp_path / "b" / "records.csv").read_bytes()
+
+
+def test_sweep_scores_each_operator_at_each_level(toy_ensemble, small_folder, tmp_path):
+    out = tmp_path / "sweep"
+    invoke("evaluate", "--ensemble", str(toy_ensemble), "--data", str(small_folder), "--out", str(out),
+           "--suite", "none", "--sweep", "jpeg,gaussian_blur", "--bootstrap", "0", "--workers", "0", "--quiet")
+    rows = read_rows(out / "records.csv")
+    variants = {row["image_id"][len(row["path"]) + 1:] for row in rows}
+    assert variants == {"clean"} | {f"{op}@{level}" for op in ("jpeg", "gaussian_blur") for level in range(1, 6)}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "jpeg" in json.dumps(metrics["breakdown"])
+
+
+def test_unknown_suite_or_operator_fails_before_scoring(toy_ensemble, small_folder, tmp_path):
+    for args in (["--suite", "no-such-policy"], ["--sweep", "no_such_op"]):
+        result = CliRunner().invoke(cli, ["evaluate", "--ensemble", str(toy_ensemble), "--data", str(small_folder),
+                                          "--out", str(tmp_path / "x"), *args])
+        assert result.exit_code != 0
+        assert not (tmp_path / "x").exists()
+
+
+def test_calibrate_stores_calibration_and_evaluate_uses_it(toy_ensemble, small_folder, tmp_path):
+    result = invoke("calibrate", "--ensemble", str(toy_ensemble), "--data", str(small_folder), "--target-fpr", "0.1",
+                    "--workers", "0", "--quiet")
+    assert "threshold" in result.output
+    document = json.loads((toy_ensemble / "ensemble.json").read_text())
+    assert document["calibration"] == "calibration.json"
+    calibration = json.loads((toy_ensemble / "calibration.json").read_text())
+    assert calibration["method"] == "temperature"
+    assert calibration["threshold"]["validation_fpr"] <= 0.1
+    assert document["threshold"]["value"] == calibration["threshold"]["value"]
+
+    out = tmp_path / "calibrated"
+    invoke("evaluate", "--ensemble", str(toy_ensemble), "--data", str(small_folder), "--out", str(out),
+           "--bootstrap", "0", "--workers", "0", "--quiet")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluation"]["calibrated"] is True
+    assert metrics["operating_point"]["validation"]["value"] == calibration["threshold"]["value"]
+    assert "fpr" in metrics["operating_point"]["held_out"]["clean"]
+    rows = read_rows(out / "records.csv")
+    assert any(row["score"] != row["raw_score"] for row in rows)

@@ -1,0 +1,304 @@
+"""Resume and durability of fdcore predict: kill -9, torn tails, the lock, bindings, --overwrite, input identity,
+atomic writes and distributed sharding."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import predict_corpus as corpus
+from conftest import fdcore_command
+from fdcore.predict import EXIT_COMPLETE, PredictError, PredictOptions, run_predict
+from fdcore.predict import outputs, runner, state, worklog
+from fdcore.predict.distributed import shard
+
+FINALS = ("predictions.csv", "errors.csv", "image_info.csv")
+
+
+@pytest.fixture(scope="module")
+def toy_ensemble(tmp_path_factory):
+    return corpus.make_toy_ensemble(tmp_path_factory.mktemp("ensemble") / "toy")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder") / "images"
+    root.mkdir()
+    for index in range(40):
+        (root / f"img_{index:02d}.jpg").write_bytes(corpus.jpeg_bytes(corpus.photo(300 + index, 36, 44)))
+    return root
+
+
+def run(images, ensemble, out, **options):
+    options.setdefault("quiet", True)
+    options.setdefault("workers", 0)
+    options.setdefault("batch_size", 2)
+    return run_predict(PredictOptions(images=str(images), ensemble=str(ensemble), out=str(out), **options))
+
+
+def finals(out):
+    return {name: (Path(out) / name).read_bytes() for name in FINALS}
+
+
+def logged_rows(out, work=state.WORK_DIR):
+    return worklog.read_logs(Path(out) / work).rows
+
+
+@pytest.fixture(scope="module")
+def baseline(folder, toy_ensemble, tmp_path_factory):
+    out = tmp_path_factory.mktemp("baseline") / "out"
+    assert run(folder, toy_ensemble, out).exit_code == EXIT_COMPLETE
+    return finals(out)
+
+
+def _start(images, ensemble, out, *extra, throttle="0.1"):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FDCORE_")}
+    env[runner.THROTTLE_ENV] = throttle
+    return subprocess.Popen([sys.executable, "-m", "fdcore", "predict", str(images), "--ensemble", str(ensemble),
+                             "--out", str(out), "--batch-size", "2", "--workers", "0", "--quiet", *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _kill_when_logged(process, log_dir, at_least, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = list(Path(log_dir).glob("rows-*.jsonl")) if Path(log_dir).is_dir() else []
+        if sum(path.read_bytes().count(b"\n") for path in logs) >= at_least:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before it could be killed: {process.stderr.read().decode()}")
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError("the run never logged enough rows")
+
+
+def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(folder, toy_ensemble, baseline, tmp_path):
+    out = tmp_path / "out"
+    for at_least in (6, 22):
+        process = _start(folder, toy_ensemble, out)
+        _kill_when_logged(process, out / state.WORK_DIR, at_least)
+        assert process.returncode == -signal.SIGKILL
+        assert not (out / "predictions.csv").exists()  # finals appear only on completion
+    before_resume = len(logged_rows(out))
+    assert 22 <= before_resume < 40
+    summary = run(folder, toy_ensemble, out)  # the killed holder's lock is gone: starts at once
+    assert summary.exit_code == EXIT_COMPLETE
+    assert summary.reused == before_resume and summary.processed_this_run == 40 - before_resume
+    names = [row["name"] for row in logged_rows(out)]
+    assert sorted(names) == sorted(set(names)) and len(names) == 40  # nothing committed was scored twice
+    assert finals(out) == baseline
+
+
+class SimulatedKill(BaseException):
+    """Stands for SIGKILL inside the process: nothing after it runs (no cleanup in the log writer)."""
+
+
+def test_twenty_interruptions_at_random_bytes_of_appends(folder, toy_ensemble, baseline, tmp_path, monkeypatch):
+    # In-process stand-in for kill -9 at 20 random moments: a random batch's append stops after a random number
+    # of bytes (possibly mid-record, possibly before the first byte), and the run dies there.
+    import random
+
+    generator = random.Random(20)
+    real_write = worklog.LogWriter.write
+    out = tmp_path / "out"
+    for _ in range(20):
+        state_before = len(logged_rows(out)) if (out / state.WORK_DIR).exists() else 0
+        remaining_batches = (40 - state_before + 1) // 2
+        if remaining_batches == 0:
+            break
+        kill_at = generator.randrange(remaining_batches)
+        calls = {"count": 0}
+
+        def dying_write(self, records, kill_at=kill_at, calls=calls):
+            if calls["count"] == kill_at:
+                payload = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+                self._handle.write(payload[: generator.randrange(len(payload) + 1)])
+                raise SimulatedKill()
+            calls["count"] += 1
+            real_write(self, records)
+
+        monkeypatch.setattr(worklog.LogWriter, "write", dying_write)
+        with pytest.raises(SimulatedKill):
+            run(folder, toy_ensemble, out)
+        monkeypatch.setattr(worklog.LogWriter, "write", real_write)
+        assert not (out / "predictions.csv").exists()
+    summary = run(folder, toy_ensemble, out)
+    assert summary.exit_code == EXIT_COMPLETE
+    names = [row["name"] for row in logged_rows(out)]
+    assert sorted(names) == sorted(set(names)) and len(names) == 40
+    assert finals(out) == baseline
+
+
+def test_torn_tail_is_dropped_and_that_image_rescored(folder, toy_ensemble, baseline, tmp_path):
+    out = tmp_path / "out"
+    run(folder, toy_ensemble, out)
+    log = out / state.WORK_DIR / worklog.log_name(0, 1)
+    lines = log.read_bytes().splitlines(keepends=True)
+    victim = json.loads(lines[-1])["name"]
+    torn = lines[-1][: len(lines[-1]) // 2]  # the record cut mid-way, as a kill during write() leaves it
+    log.write_bytes(b"".join(lines[:-1]) + torn)
+    with open(out / "predictions.csv", "ab") as handle:
+        handle.write(b"img_40.jpg,0")  # a torn final CSV is never read back: finals are rebuilt from the log
+    summary = run(folder, toy_ensemble, out)
+    assert summary.torn_tails_dropped == 1 and summary.processed_this_run == 1
+    assert log.read_bytes().endswith(b"\n")
+    assert [row["name"] for row in logged_rows(out)].count(victim) == 1
+    assert finals(out) == baseline
+
+
+def test_worklog_rejects_garbage_lines(tmp_path):
+    log = tmp_path / worklog.log_name(0, 1)
+    good = {"name": "a.jpg", "size": 1, "mtime_ns": 2, "status": "ok", "p": [0.5]}
+    log.write_bytes(json.dumps(good).encode() + b"\n" + b"\x00\x00\x00\n"
+                    + json.dumps({**good, "p": [0.0, None]}).encode() + b"\n" + b'{"name": "b.j')
+    result = worklog.read_log(log)
+    assert result.rows == [good] and result.corrupt_lines == 2 and result.torn_tails == 1
+
+
+def test_second_concurrent_run_is_refused_and_writes_nothing(folder, toy_ensemble, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = state.OutputLock(out)
+    holder.acquire()
+    try:
+        listing = sorted(p.name for p in out.iterdir())
+        result = fdcore_command("predict", str(folder), "--ensemble", str(toy_ensemble), "--out", str(out))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"locked by pid {os.getpid()}" in result.stderr
+        assert sorted(p.name for p in out.iterdir()) == listing
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
+    finally:
+        holder.release()
+    assert run(folder, toy_ensemble, out).exit_code == EXIT_COMPLETE  # released lock: next run proceeds
+
+
+def test_changed_settings_refuse_to_resume(folder, toy_ensemble, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run(folder, toy_ensemble, out)
+    with pytest.raises(PredictError, match=r'(?s)aggregator: was "mean", now "max".*--overwrite'):
+        run(folder, toy_ensemble, out, aggregator="max")
+    with pytest.raises(PredictError, match="precision"):
+        run(folder, toy_ensemble, out, precision="bf16")
+    changed = corpus.make_toy_ensemble(tmp_path / "changed", seeds=(1, 3))
+    with pytest.raises(PredictError, match="ensemble.identity"):
+        run(folder, changed, out)
+    with pytest.raises(PredictError, match="limits.max_pixels"):
+        run(folder, toy_ensemble, out, max_pixels=1000)
+    monkeypatch.setattr(runner, "_plugin_set", lambda: ["fdcore-other==9.9"])
+    with pytest.raises(PredictError, match="plugins"):
+        run(folder, toy_ensemble, out)
+    monkeypatch.undo()
+    monkeypatch.setattr("fdcore.preprocess.PREPROCESS_VERSION", "fdcore-preprocess-v999")
+    with pytest.raises(PredictError, match="preprocess_version"):
+        run(folder, toy_ensemble, out)
+    monkeypatch.undo()
+    summary = run(folder, toy_ensemble, out, aggregator="max", overwrite=True)
+    assert summary.exit_code == EXIT_COMPLETE and summary.processed_this_run == 40
+    assert json.loads((out / "predictions.meta.json").read_text())["aggregator"] == "max"
+
+
+def test_foreign_outputs_are_not_silently_adopted(folder, toy_ensemble, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("image_name,score\nx.jpg,0.5\n")
+    with pytest.raises(PredictError, match="--overwrite"):
+        run(folder, toy_ensemble, out)
+    assert (out / "predictions.csv").read_text() == "image_name,score\nx.jpg,0.5\n"
+
+
+def test_replaced_input_file_is_rescored(folder, toy_ensemble, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(folder.iterdir())[:6]:
+        (images / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    run(images, toy_ensemble, out)
+    before = (out / "predictions.csv").read_text()
+    target = images / "img_02.jpg"
+    stat = target.stat()
+    target.write_bytes(corpus.jpeg_bytes(corpus.photo(999, 36, 44)))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    summary = run(images, toy_ensemble, out)
+    assert summary.processed_this_run == 1
+    after = (out / "predictions.csv").read_text()
+    changed = [a for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+    assert len(changed) == 1 and changed[0].startswith("img_02.jpg,")
+
+
+def test_killed_overwrite_leaves_old_results_readable(folder, toy_ensemble, baseline, tmp_path):
+    out = tmp_path / "out"
+    run(folder, toy_ensemble, out)
+    process = _start(folder, toy_ensemble, out, "--overwrite", "--aggregator", "max")
+    _kill_when_logged(process, out / state.STAGING_DIR, 4)
+    assert finals(out) == baseline
+    assert (out / state.STAGING_DIR).is_dir()
+    resumed = run(folder, toy_ensemble, out)  # the old, complete run is still the one on record
+    assert resumed.processed_this_run == 0 and finals(out) == baseline
+    replaced = run(folder, toy_ensemble, out, overwrite=True, aggregator="max")
+    assert replaced.processed_this_run == 40 and finals(out) != baseline
+    assert not (out / state.STAGING_DIR).exists() and not (out / state.RETIRED_DIR).exists()
+
+
+def test_interrupted_promotion_is_completed(folder, toy_ensemble, tmp_path):
+    out = tmp_path / "out"
+    run(folder, toy_ensemble, out)
+    os.replace(out / state.WORK_DIR, out / state.RETIRED_DIR)  # as if killed inside promote()
+    assert run(folder, toy_ensemble, out).processed_this_run == 0
+    assert (out / state.WORK_DIR).is_dir() and not (out / state.RETIRED_DIR).exists()
+
+
+def test_atomic_writes_keep_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "predictions.meta.json"
+    outputs.write_meta(target, {"version": 1})
+    previous = target.read_bytes()
+
+    def failing_replace(source, destination):
+        raise OSError("simulated crash between write and rename")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        outputs.write_meta(target, {"version": 2})
+    monkeypatch.undo()
+    assert target.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.meta.json"]
+
+
+def test_shards_partition_the_sorted_list():
+    items = [f"img_{i}" for i in range(11)]
+    parts = [shard(items, rank, 3) for rank in range(3)]
+    assert sorted(sum(parts, [])) == sorted(items)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    with pytest.raises(ValueError):
+        shard(items, 3, 3)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_process_run_merges_into_the_same_csv(folder, toy_ensemble, baseline, tmp_path):
+    out = tmp_path / "out"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FDCORE_")}
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "fdcore",
+                             "predict", str(folder), "--ensemble", str(toy_ensemble), "--out", str(out),
+                             "--batch-size", "2", "--workers", "0", "--quiet", "--device", "cpu"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = sorted(p.name for p in (out / state.WORK_DIR).glob("rows-*.jsonl"))
+    assert logs == [worklog.log_name(0, 2), worklog.log_name(1, 2)]
+    assert finals(out) == baseline
+    meta = json.loads((out / "predictions.meta.json").read_text())
+    assert meta["run"]["world_size"] == 2 and meta["counts"]["scored"] == 40
+    assert run(folder, toy_ensemble, out).processed_this_run == 0  # shards resume under any world size

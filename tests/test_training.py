@@ -1,0 +1,179 @@
+"""The two-stage recipe on the toy expert: learning, distillation, checkpoints, resume, two processes."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fdcore
+from fdcore import training
+from fdcore.builtin.distillers import cosine_momentum
+
+BASE_ARGS = ["--expert", "toy", "--batch-size", "8", "--lr", "3e-3", "--workers", "0", "--log-every", "1",
+             "--validation-policy", "none", "--seed", "3"]
+
+
+def run_recipe(*args):
+    from fdcore.recipes.two_stage import main
+
+    main([*BASE_ARGS, *args])
+
+
+def read_log(output_dir):
+    return [json.loads(line) for line in (Path(output_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def test_cosine_momentum_schedule():
+    assert cosine_momentum(0, 100) == pytest.approx(0.99)
+    assert cosine_momentum(50, 100) == pytest.approx((0.99 + 0.9999) / 2)
+    assert cosine_momentum(100, 100) == pytest.approx(0.9999)
+    assert cosine_momentum(25, 100) < cosine_momentum(75, 100)
+
+
+def test_warmup_cosine_schedule():
+    assert training.warmup_cosine(0, 4, 20) == pytest.approx(0.25)
+    assert training.warmup_cosine(3, 4, 20) == pytest.approx(1.0)
+    assert training.warmup_cosine(4, 4, 20) == pytest.approx(1.0)
+    assert training.warmup_cosine(12, 4, 20) == pytest.approx(0.5)
+    assert training.warmup_cosine(20, 4, 20) == pytest.approx(0.0)
+
+
+def test_epoch_sampler_depends_only_on_seed_and_epoch():
+    first = training.EpochShuffleSampler(50, seed=1)
+    second = training.EpochShuffleSampler(50, seed=1)
+    first.use_epoch(2)
+    second.use_epoch(2)
+    assert list(first) == list(second) and sorted(first) == list(range(50))
+    second.use_epoch(3)
+    assert list(first) != list(second)
+
+
+def test_dense_l2_teacher_stays_frozen_while_the_student_learns():
+    expert = fdcore.get_expert("toy", seed=1)
+    teacher = copy.deepcopy(expert)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    distiller = fdcore.get_distiller("dense-l2", teacher)
+    teacher.train()  # someone flips it back: the distiller must still evaluate it in eval mode
+    student = training.StudentWithFeatures(expert)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+    batch = {"pixels": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 0, 1])}
+    for _ in range(3):
+        logits, distill = distiller.student_step(student, batch)
+        loss = torch.nn.functional.cross_entropy(logits, batch["label"]) + distill
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not torch.equal(before["conv1.weight"], expert.conv1.weight)
+    _, distill = distiller.student_step(student, batch)
+    assert distill.item() > 0  # the student moved away from the teacher and is pulled back
+
+
+def test_crd_queue_momentum_and_state():
+    expert = fdcore.get_expert("toy", seed=1)
+    teacher = copy.deepcopy(expert)
+    distiller = fdcore.get_distiller("crd", teacher, queue_size=16, projection_dim=8)
+    student = training.StudentWithFeatures(expert)
+    parameters = list(student.parameters()) + list(distiller.student_projection.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=0.1)
+    batch = {"pixels": torch.randn(4, 3, 32, 32), "pixels_view2": torch.randn(4, 3, 32, 32),
+             "label": torch.tensor([0, 1, 0, 1])}
+    teacher_before = teacher.conv1.weight.clone()
+    logits, loss = distiller.student_step(student, batch)
+    assert logits.shape == (4, 2) and loss.item() > 0
+    loss.backward()
+    optimizer.step()
+    distiller.after_optimizer_step(expert, step=1, total_steps=10)
+    momentum = cosine_momentum(1, 10)
+    expected = momentum * teacher_before + (1 - momentum) * expert.conv1.weight.detach()
+    assert torch.allclose(teacher.conv1.weight, expected, atol=1e-7)
+    assert distiller.queue_pointer == 4
+    state = distiller.state_dict()
+    other = fdcore.get_distiller("crd", copy.deepcopy(fdcore.get_expert("toy", seed=1)), queue_size=16,
+                                 projection_dim=8)
+    other.load_state_dict(state)
+    assert torch.equal(other.queue, distiller.queue) and other.queue_pointer == 4
+    assert torch.equal(other.teacher.conv1.weight, teacher.conv1.weight)
+
+
+def test_checkpoint_pointer_never_names_a_partial_checkpoint(tmp_path):
+    checkpoints = training.CheckpointDirectory(tmp_path / "ckpt")
+    assert checkpoints.latest() is None
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / ".step_00000004.partial").mkdir()  # a save killed half-way
+    assert checkpoints.latest() is None
+    training.write_json_atomic(tmp_path / "ckpt" / "latest.json", {"checkpoint": "step_00000002", "global_step": 2})
+    with pytest.raises(training.TrainingError, match="missing"):
+        checkpoints.latest()
+
+
+def test_two_stages_learn_and_write_an_expert_with_a_card(learnable_folder, tmp_path):
+    output = tmp_path / "run"
+    run_recipe("--data", str(learnable_folder), "--output-dir", str(output), "--policy", "none",
+               "--epochs", "3", "--stage2-epochs", "1")
+    log = read_log(output)
+    stage1 = [entry["bce"] for entry in log if entry.get("stage") == 1 and "bce" in entry]
+    assert sum(stage1[-5:]) / 5 < sum(stage1[:5]) / 5 - 0.1, stage1
+    stage2 = [entry for entry in log if entry.get("stage") == 2 and "distill" in entry]
+    assert stage2 and all(entry["distill"] >= 0 for entry in stage2)
+    evaluations = [entry for entry in log if "clean_roc_auc" in entry]
+    assert evaluations[-1]["clean_roc_auc"] > 0.9
+    expert = fdcore.load_expert(output / "expert")
+    card = json.loads((output / "expert" / "expert.json").read_text())["card"]
+    assert card["hyperparameters"]["distiller"] == "dense-l2" and card["hyperparameters"]["seed"] == 3
+    assert card["metrics"]["stage2"]["clean_roc_auc"] == evaluations[-1]["clean_roc_auc"]
+    assert card["versions"]["fdcore"] == fdcore.__version__
+    assert card["data"]["counts"]["validation"]["rows"] == 10
+    assert expert.name == "toy"
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_run(learnable_folder, tmp_path):
+    from fdcore.recipes.two_stage import training_function, parse_args
+
+    output = tmp_path / "run"
+    run_recipe("--data", str(learnable_folder), "--output-dir", str(output), "--policy", "none",
+               "--epochs", "1", "--stage", "1", "--max-steps", "2")
+    with pytest.raises(training.TrainingError, match="--resume"):
+        training_function(parse_args([*BASE_ARGS, "--data", str(learnable_folder), "--output-dir", str(output)]))
+    with pytest.raises(training.TrainingError, match="nothing to resume"):
+        training_function(parse_args(["--output-dir", str(tmp_path / "empty"), "--resume"]))
+
+
+def test_resume_mid_epoch_equals_an_uninterrupted_run(learnable_folder, tmp_path):
+    common = ["--data", str(learnable_folder), "--epochs", "2", "--stage", "1", "--policy", "none"]
+    run_recipe(*common, "--output-dir", str(tmp_path / "straight"))
+    run_recipe(*common, "--output-dir", str(tmp_path / "interrupted"), "--stop-after", "13")
+    assert not (tmp_path / "interrupted" / "expert").exists()
+    run_recipe("--output-dir", str(tmp_path / "interrupted"), "--resume")
+    straight = fdcore.load_expert(tmp_path / "straight" / "expert").state_dict()
+    resumed = fdcore.load_expert(tmp_path / "interrupted" / "expert").state_dict()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    steps = [entry["step"] for entry in read_log(tmp_path / "interrupted") if "bce" in entry]
+    assert steps == sorted(set(steps))  # no step trained twice
+
+
+def test_two_processes_match_one_process(learnable_folder, tmp_path):
+    common = ["--expert", "toy", "--batch-size", "8", "--lr", "3e-3", "--workers", "0", "--log-every", "1",
+              "--validation-policy", "none", "--seed", "3", "--policy", "none", "--data", str(learnable_folder),
+              "--epochs", "1", "--stage", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "fdcore.recipes.two_stage", *common, "--output-dir",
+                             str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", "-m", "fdcore.recipes.two_stage", *common, "--output-dir",
+                             str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = [e for e in read_log(tmp_path / "one") if "clean_roc_auc" in e][-1]
+    two = [e for e in read_log(tmp_path / "two") if "clean_roc_auc" in e][-1]
+    assert one["clean_roc_auc"] == pytest.approx(two["clean_roc_auc"], abs=1e-6)
+    assert one["clean_bce"] == pytest.approx(two["clean_bce"], rel=1e-4)
+    first = fdcore.load_expert(tmp_path / "one" / "expert").state_dict()
+    second = fdcore.load_expert(tmp_path / "two" / "expert").state_dict()
+    assert all(torch.allclose(first[key], second[key], atol=1e-5) for key in first)
