@@ -4,6 +4,7 @@ Importing fdcore is cheap: torch and the plugin registries load on first use of 
 """
 
 from fdcore.hookspecs import hookimpl
+from fdcore.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -51,16 +52,4 @@ _LAZY = {
 __all__ = ["__version__", "hookimpl", *_LAZY]
 
 
-def __getattr__(name):
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'fdcore' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fdcore.errors import FdcoreError
+from fdcore.fileio import write_text_atomic
 from fdcore.metrics.scores import (
     DEFAULT_ECE_BINS,
     MetricError,
@@ -43,22 +42,6 @@ TEMPERATURE_RANGE = (1e-3, 1e3)
 
 class CalibrationError(FdcoreError):
     """Calibration data, parameters or files that cannot be used."""
-
-
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + ``os.replace``: readers see the old file or the new one, never a
-    torn one."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _logit(probabilities: np.ndarray, clip: bool = True) -> np.ndarray:
@@ -200,7 +183,7 @@ class Calibration:
         if path.is_dir():
             path = path / CALIBRATION_FILENAME
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-        write_file_atomically(path, text.encode("utf-8"))
+        write_text_atomic(path, text)
         return path
 
     @classmethod

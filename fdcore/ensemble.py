@@ -25,13 +25,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from fdcore.errors import FdcoreError
+from fdcore.fileio import write_json_atomic
 
 FORMAT_NAME = "fdcore-ensemble"
 FORMAT_VERSION = 1
@@ -358,27 +358,8 @@ def write_ensemble(directory, members: Sequence[dict], aggregator: str = "mean",
                 "aggregator": aggregator, "calibration": calibration, "threshold": threshold, "card": card or {}}
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / ENSEMBLE_FILE
-    atomic_write_text(target, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(target, document)
     return target
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new one, never a partial or empty file."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; outputs are ordinary shared files
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def read_ensemble_json(directory) -> dict:

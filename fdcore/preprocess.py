@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 # Bump when any resize/crop/normalise arithmetic changes: predictions record it and refuse to resume across it.
 PREPROCESS_VERSION = "fdcore-preprocess-v1"

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fdcore.calibration import write_file_atomically
+from fdcore.fileio import write_bytes_atomic
 from fdcore.errors import FdcoreError
 from fdcore.metrics.records import CLEAN, DEGRADED, RecordTable, normalize_records
 from fdcore.metrics.scores import reliability_bins, roc_curve
@@ -393,20 +393,20 @@ def write_report(metrics: dict[str, Any], records, out_dir, title: str = "fdcore
     written: dict[str, Path] = {}
     figures: list[tuple[str, str, bytes]] = []
     try:
-        write_file_atomically(out_dir / "metrics.json", metrics_text.encode("utf-8"))
+        write_bytes_atomic(out_dir / "metrics.json", metrics_text.encode("utf-8"))
         written["metrics.json"] = out_dir / "metrics.json"
         for filename, caption, render in plots:
             data = render()
             if data is None:
                 continue
-            write_file_atomically(out_dir / filename, data)
+            write_bytes_atomic(out_dir / filename, data)
             written[filename] = out_dir / filename
             figures.append((filename, caption, data))
         sections = _sections(metrics)
         markdown = _markdown(title, sections, [(filename, caption) for filename, caption, _ in figures])
-        write_file_atomically(out_dir / "report.md", markdown.encode("utf-8"))
+        write_bytes_atomic(out_dir / "report.md", markdown.encode("utf-8"))
         written["report.md"] = out_dir / "report.md"
-        write_file_atomically(out_dir / "report.html", _html(title, sections, figures).encode("utf-8"))
+        write_bytes_atomic(out_dir / "report.html", _html(title, sections, figures).encode("utf-8"))
         written["report.html"] = out_dir / "report.html"
     except OSError as error:
         raise ReportError(f"cannot write the report into {out_dir}: {error}") from error

@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from fdcore.errors import FdcoreError
+from fdcore.fileio import write_bytes_atomic
 
 CSV_NAME = "degradations.csv"
 CSV_COLUMNS = ("path", "output", "status", "policy", "seed", "branch", "ops", "record")
@@ -36,13 +37,6 @@ def _png_bytes(pixels) -> bytes:
     # Fixed settings and no metadata: the same pixels always give the same file bytes.
     Image.fromarray(pixels, "RGB").save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def _ops_summary(record: dict) -> str:
@@ -96,7 +90,7 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
             out, step_records = apply_steps(pixels, [Step(op, severity, level)], seed, candidate.name)
             record = {"format": RECORD_FORMAT, "policy": f"op:{op}", "options": {}, "seed": seed,
                       "sample_id": candidate.name, "branch": "single", "ops": step_records}
-        _write_atomic(out_dir / target, _png_bytes(out))
+        write_bytes_atomic(out_dir / target, _png_bytes(out))
         counts["written"] += 1
         rows.append({"path": candidate.name, "output": target, "status": "ok", "policy": record["policy"],
                      "seed": seed, "branch": record["branch"], "ops": _ops_summary(record),
@@ -110,7 +104,7 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
     writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(out_dir / CSV_NAME, table.getvalue().encode("utf-8"))
+    write_bytes_atomic(out_dir / CSV_NAME, table.getvalue().encode("utf-8"))
     return counts
 
 
@@ -150,7 +144,7 @@ def contact_sheet(image_path: Path, sheet_path: Path, tile: int = 128, seed: int
                 cell.thumbnail((tile, tile), Image.Resampling.LANCZOS)
             sheet.paste(cell, (label_width + column * (tile + 4), top))
     sheet_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(sheet_path, _png_bytes(np.asarray(sheet)))
+    write_bytes_atomic(sheet_path, _png_bytes(np.asarray(sheet)))
     return len(names)
 
 

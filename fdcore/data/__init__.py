@@ -3,6 +3,8 @@
 Names resolve lazily so that ``import fdcore.data`` stays cheap (``datasets`` and torch load on first use).
 """
 
+from fdcore.lazy import lazy_exports
+
 _LAZY = {
     "DataError": "fdcore.data.sources",
     "IMAGE_EXTENSIONS": "fdcore.data.sources",
@@ -33,16 +35,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name):
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'fdcore.data' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

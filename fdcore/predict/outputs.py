@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from fdcore.ensemble import atomic_write_text
+from fdcore.fileio import write_text_atomic
 
 SCORE_FORMAT = "{:.8f}"
 PREDICTION_COLUMNS = ("image_name", "score")
@@ -45,11 +45,11 @@ def write_predictions(path: Path, rows: Sequence[tuple[str, float, Sequence[floa
         if expert_names:
             line.extend(format_score(p) for p in probabilities)
         body.append(line)
-    atomic_write_text(Path(path), _csv_text(header, body))
+    write_text_atomic(Path(path), _csv_text(header, body))
 
 
 def write_errors(path: Path, rows: Iterable[tuple[str, str, str]]) -> None:
-    atomic_write_text(Path(path), _csv_text(ERROR_COLUMNS, sorted(rows)))
+    write_text_atomic(Path(path), _csv_text(ERROR_COLUMNS, sorted(rows)))
 
 
 def write_image_info(path: Path, rows: Iterable[tuple[str, dict]]) -> None:
@@ -58,8 +58,8 @@ def write_image_info(path: Path, rows: Iterable[tuple[str, dict]]) -> None:
         frames = info.get("n_frames")
         body.append([name, info.get("format", ""), info.get("mode", ""), info.get("width", ""),
                      info.get("height", ""), "" if frames is None else frames, ";".join(info.get("notes", []))])
-    atomic_write_text(Path(path), _csv_text(INFO_COLUMNS, body))
+    write_text_atomic(Path(path), _csv_text(INFO_COLUMNS, body))
 
 
 def write_meta(path: Path, meta: dict) -> None:
-    atomic_write_text(Path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(Path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")

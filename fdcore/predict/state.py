@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fdcore.ensemble import atomic_write_text
+from fdcore.fileio import write_text_atomic
 from fdcore.errors import FdcoreError
 
 LOCK_FILE = ".lock"
@@ -70,7 +70,7 @@ def read_binding(work_dir: Path) -> dict | None:
 
 
 def write_binding(work_dir: Path, binding: dict) -> None:
-    atomic_write_text(Path(work_dir) / BINDING_FILE, json.dumps(binding, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(Path(work_dir) / BINDING_FILE, json.dumps(binding, indent=2, sort_keys=True) + "\n")
 
 
 def binding_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -8,10 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from fdcore.training import TrainingError, environment_record, write_json_atomic
+from fdcore.training import TrainingError, environment_record
 
 # Keys that may differ when resuming a run: they change how fast it goes, not what it computes.
 RESUME_MAY_CHANGE = ("workers", "log_every", "resume", "stop_after")

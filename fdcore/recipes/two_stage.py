@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 import time
@@ -168,7 +167,6 @@ def main(argv=None) -> None:
 
 
 def training_function(config: dict) -> Path:
-    import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
