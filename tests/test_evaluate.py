@@ -109,3 +109,27 @@ def test_calibrate_stores_calibration_and_evaluate_uses_it(toy_ensemble, small_f
     assert "fpr" in metrics["operating_point"]["held_out"]["clean"]
     rows = read_rows(out / "records.csv")
     assert any(row["score"] != row["raw_score"] for row in rows)
+
+
+def test_predict_outputs_calibrated_scores_for_the_rule_it_was_fitted_for(toy_ensemble, small_folder, tmp_path):
+    invoke("calibrate", "--ensemble", str(toy_ensemble), "--data", str(small_folder), "--clean-only",
+           "--workers", "0", "--quiet")
+    calibration = fdcore.calibration.Calibration.load(toy_ensemble)
+    ensemble = fdcore.load_ensemble(toy_ensemble, device="cpu")
+    paths = sorted(str(p) for p in (small_folder / "fake").iterdir())[:3]
+    raw = ensemble.fuse(ensemble.expert_probabilities([__import__("PIL.Image").Image.open(p) for p in paths]))
+
+    out = tmp_path / "predicted"
+    invoke("predict", str(small_folder), "--ensemble", str(toy_ensemble), "--out", str(out), "--workers", "0",
+           "--quiet")
+    scores = {row["image_name"]: float(row["score"]) for row in read_rows(out / "predictions.csv")}
+    expected = calibration.apply(raw)
+    for path, value in zip(paths, expected):
+        assert scores["fake/" + path.rsplit("/", 1)[1]] == pytest.approx(value, abs=1e-7)
+    meta = json.loads((out / "predictions.meta.json").read_text())
+    assert meta["calibrated"] is True and "calibrated" in meta["score_definition"]
+
+    other = tmp_path / "max-rule"
+    invoke("predict", str(small_folder), "--ensemble", str(toy_ensemble), "--out", str(other), "--workers", "0",
+           "--aggregator", "max", "--quiet")
+    assert json.loads((other / "predictions.meta.json").read_text())["calibrated"] is False
