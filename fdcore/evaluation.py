@@ -53,11 +53,10 @@ def _suite_policy(plan: VariantPlan):
 class VariantDataset:
     """Torch-style map dataset: item ``i`` is every variant of image ``i``, resized per ensemble geometry."""
 
-    def __init__(self, rows, geometries, plan: VariantPlan, max_pixels: int | None = None):
+    def __init__(self, rows, geometries, plan: VariantPlan):
         self.rows = rows
         self.geometries = list(geometries)
         self.plan = plan
-        self.max_pixels = max_pixels
         self._policy = None  # loaded lazily in each worker
 
     def __len__(self) -> int:
