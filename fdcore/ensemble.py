@@ -210,7 +210,9 @@ class Ensemble:
     # -- scoring ----------------------------------------------------------------------------------------------
     def resize_all(self, rgb_image) -> list[np.ndarray]:
         """One model-RGB PIL image -> one ``S x S x 3`` uint8 array per geometry (the expensive part, done once)."""
-        return [np.asarray(geometry.resize_image(rgb_image), dtype=np.uint8) for geometry in self.geometries]
+        from fdcore.preprocess import resize_for_geometries
+
+        return resize_for_geometries(rgb_image, self.geometries)
 
     def probabilities_from_resized(self, resized: Sequence[Any]):
         """Per-geometry uint8 batches ``[B, S, S, 3]`` -> P(AI-generated) ``[n_experts, B]`` float64 numpy.

@@ -89,6 +89,7 @@ class VariantDataset:
         from PIL import Image
 
         from fdcore.data.torch_dataset import load_row_image
+        from fdcore.preprocess import resize_for_geometries
         from fdcore.errors import FdcoreError as _Refused
 
         row = self.rows[int(index)]
@@ -101,8 +102,7 @@ class VariantDataset:
         variants = []
         for meta, image in self._variants(int(index), pixels):
             picture = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
-            resized = [np.asarray(geometry.resize_image(picture), dtype=np.uint8) for geometry in self.geometries]
-            variants.append({**meta, "resized": resized})
+            variants.append({**meta, "resized": resize_for_geometries(picture, self.geometries)})
         return {**base, "error": None, "variants": variants}
 
 

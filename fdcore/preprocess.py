@@ -103,6 +103,12 @@ class Preprocessing:
         return torch.stack([self(to_rgb(image)) for image in images])
 
 
+def resize_for_geometries(image, geometries: Sequence["Preprocessing"]) -> list[np.ndarray]:
+    """One RGB PIL image -> one ``S x S x 3`` uint8 array per geometry: the expensive resize, done once per geometry
+    however many experts share it (prediction, evaluation and the ensemble API all go through here)."""
+    return [np.asarray(geometry.resize_image(image), dtype=np.uint8) for geometry in geometries]
+
+
 def resized_short_side(width: int, height: int, size: int) -> tuple[int, int]:
     """Output (width, height) of torchvision's ``Resize(size)``: short side to ``size``, long side truncated."""
     short, long = (width, height) if width <= height else (height, width)

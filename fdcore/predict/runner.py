@@ -28,6 +28,7 @@ from fdcore.images import (DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, PIXEL_P
                            open_image_file)
 from fdcore.predict import outputs, state, worklog
 from fdcore.predict.distributed import ProcessGroup, process_group, shard
+from fdcore.preprocess import resize_for_geometries
 from fdcore.walk import Candidate, WalkResult, walk_images
 
 EXIT_COMPLETE = 0
@@ -166,8 +167,7 @@ class ImageDataset:
         base = {"name": item.name, "size": item.size, "mtime_ns": item.mtime_ns}
         try:
             loaded = open_image_file(item.path, self.max_pixels, self.max_aspect_ratio)
-            arrays = [np.asarray(geometry.resize_image(loaded.image), dtype=np.uint8)
-                      for geometry in self.geometries]
+            arrays = resize_for_geometries(loaded.image, self.geometries)
         except ImageRejected as exc:
             return {**base, "status": "error", "code": exc.code, "detail": exc.detail}
         except MemoryError:
