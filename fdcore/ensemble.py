@@ -266,13 +266,17 @@ class Ensemble:
         A set-level aggregator (``rank-mean``) ranks within this call's images.
         """
         probabilities = self.expert_probabilities(list(images), batch_size=batch_size)
-        return self._fuse_finite(probabilities, aggregator, weights)
+        return self.fuse_finite(probabilities, aggregator, weights)
 
-    def _fuse_finite(self, probabilities, aggregator, weights) -> np.ndarray:
+    def fuse_finite(self, probabilities, aggregator: str | None = None, weights: Sequence[float] | None = None,
+                    calibrate: bool = True) -> np.ndarray:
+        """Fused scores ``[B]`` with NaN for images where any expert's probability is not finite (they are left out
+        of the fusion, so one bad image never poisons a set-level rule); calibrated unless ``calibrate=False``."""
         scores = np.full(probabilities.shape[1], np.nan)
         finite = np.isfinite(probabilities).all(axis=0)
         if finite.any():
-            scores[finite] = self.calibrated(self.fuse(probabilities[:, finite], aggregator, weights), aggregator)[0]
+            fused = self.fuse(probabilities[:, finite], aggregator, weights)
+            scores[finite] = self.calibrated(fused, aggregator)[0] if calibrate else fused
         return scores
 
     def predict_paths(self, paths: Sequence[str | os.PathLike], aggregator: str | None = None,
@@ -307,7 +311,7 @@ class Ensemble:
         if not prepared:
             return results
         probabilities = np.concatenate(columns, axis=1)
-        scores = self._fuse_finite(probabilities, aggregator, weights)
+        scores = self.fuse_finite(probabilities, aggregator, weights)
         for index, (result, _) in enumerate(prepared):
             result["probabilities"] = dict(zip(self.names, probabilities[:, index].tolist()))
             if np.isfinite(scores[index]):

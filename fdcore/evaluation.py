@@ -126,12 +126,9 @@ def score_dataset(ensemble, rows, plan: VariantPlan, aggregator: str | None = No
             return
         stacked = [np.stack([variant["resized"][g] for _, variant in pending]) for g in range(len(ensemble.geometries))]
         probabilities = ensemble.probabilities_from_resized(stacked)
-        finite = np.isfinite(probabilities).all(axis=0)
-        fused = np.full(len(pending), np.nan)
-        if finite.any():
-            fused[finite] = ensemble.fuse(probabilities[:, finite], aggregator, weights)
+        fused = ensemble.fuse_finite(probabilities, aggregator, weights, calibrate=False)
         for column, (item, variant) in enumerate(pending):
-            if not finite[column]:
+            if not np.isfinite(fused[column]):
                 skipped.append({"path": item["path"], "variant": variant["variant"], "reason": "non_finite_score"})
                 continue
             score = float(fused[column])
