@@ -128,17 +128,8 @@ class CheckpointDirectory:
 
 def environment_record() -> dict:
     """Versions and plugins a run used, recorded with every checkpoint and model card."""
-    import importlib.metadata
-    import platform
+    from fdcore.provenance import package_versions, plugin_set
 
-    from fdcore import __version__
-    from fdcore.plugins import plugins_info
-
-    versions = {"fdcore": __version__, "python": platform.python_version()}
-    for package in ("torch", "transformers", "accelerate", "datasets", "numpy", "pillow"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    plugins = [{"name": p["name"], "version": p["version"]} for p in plugins_info(include_builtins=False)]
-    return {"versions": versions, "plugins": plugins}
+    return {"versions": package_versions(("fdcore", "torch", "transformers", "accelerate", "datasets", "numpy",
+                                          "pillow")),
+            "plugins": plugin_set()}

@@ -192,7 +192,7 @@ def test_changed_settings_refuse_to_resume(folder, toy_ensemble, tmp_path, monke
         run(folder, changed, out)
     with pytest.raises(PredictError, match="limits.max_pixels"):
         run(folder, toy_ensemble, out, max_pixels=1000)
-    monkeypatch.setattr(runner, "_plugin_set", lambda: ["fdcore-other==9.9"])
+    monkeypatch.setattr(runner, "plugin_set", lambda: ["fdcore-other==9.9"])
     with pytest.raises(PredictError, match="plugins"):
         run(folder, toy_ensemble, out)
     monkeypatch.undo()

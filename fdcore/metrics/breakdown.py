@@ -7,7 +7,6 @@ loses pooled AUC even when every per-degradation AUC is high; the breakdowns sho
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from typing import Any
 
@@ -23,6 +22,7 @@ from fdcore.metrics.scores import (
     fast_roc_auc,
     roc_auc,
 )
+from fdcore.provenance import package_versions
 
 METRICS_FORMAT = "fdcore.metrics"
 METRICS_VERSION = 1
@@ -145,16 +145,6 @@ def compute_breakdown(table: RecordTable, scorer: str | None = None, threshold: 
     }
 
 
-def _produced_by() -> dict[str, str]:
-    versions = {}
-    for distribution in ("fdcore", "numpy", "evaluate"):
-        try:
-            versions[distribution] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            versions[distribution] = "not installed"
-    return versions
-
-
 def compute_metrics(records, threshold: float = 0.5, bootstrap: int = 1000, seed: int = 0,
                     ece_bins: int = DEFAULT_ECE_BINS, confidence: float = DEFAULT_CONFIDENCE,
                     operating_point: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -266,6 +256,6 @@ def compute_metrics(records, threshold: float = 0.5, bootstrap: int = 1000, seed
             "severity_levels": "level k collects degraded images with severity in (k-1, k]",
             "per_generator": "a generator's AI-generated images against all real images of the same condition",
         },
-        "produced_by": _produced_by(),
+        "produced_by": package_versions(("fdcore", "numpy", "evaluate")),
         "notes": notes,
     }

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from fdcore.images import (DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, PIXEL_P
 from fdcore.predict import outputs, state, worklog
 from fdcore.predict.distributed import ProcessGroup, process_group, shard
 from fdcore.preprocess import resize_for_geometries
+from fdcore.provenance import package_versions, plugin_set
 from fdcore.walk import Candidate, WalkResult, walk_images
 
 EXIT_COMPLETE = 0
@@ -106,22 +106,6 @@ def _check_options(options: PredictOptions) -> None:
         raise state.PredictError(f"the maximum aspect ratio must be at least 1, got {options.max_aspect_ratio}")
 
 
-def _versions() -> dict[str, str]:
-    import PIL
-    import torch
-
-    from fdcore import __version__
-
-    return {"python": platform.python_version(), "fdcore": __version__, "torch": torch.__version__,
-            "pillow": PIL.__version__, "numpy": np.__version__}
-
-
-def _plugin_set() -> list[str]:
-    from fdcore.plugins import plugins_info
-
-    return sorted(f"{item['name']}=={item['version']}" for item in plugins_info(include_builtins=False))
-
-
 def build_binding(options: PredictOptions, ensemble: Ensemble, aggregator, weights) -> dict:
     """Everything that determines the scores; resuming requires an exact match."""
     from fdcore.preprocess import PREPROCESS_VERSION
@@ -140,8 +124,8 @@ def build_binding(options: PredictOptions, ensemble: Ensemble, aggregator, weigh
         "limits": {"max_pixels": int(options.max_pixels), "max_aspect_ratio": float(options.max_aspect_ratio)},
         "precision": ensemble.precision,
         "device_type": ensemble.device.split(":")[0],
-        "versions": _versions(),
-        "plugins": _plugin_set(),
+        "versions": package_versions(("fdcore", "torch", "pillow", "numpy")),
+        "plugins": plugin_set(),
         "input_root": os.path.realpath(options.images),
         "score_format": outputs.SCORE_FORMAT,
     }
