@@ -170,6 +170,9 @@ def test_two_processes_match_one_process(learnable_folder, tmp_path):
                              "--master_port", "29517", "-m", "fdcore.recipes.two_stage", *common, "--output-dir",
                              str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
+    # Without this the "two-process" run could be two independent single-process runs and still match.
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
+    assert double.stdout.count("expert written to") == 1, double.stdout
     one = [e for e in read_log(tmp_path / "one") if "clean_roc_auc" in e][-1]
     two = [e for e in read_log(tmp_path / "two") if "clean_roc_auc" in e][-1]
     assert one["clean_roc_auc"] == pytest.approx(two["clean_roc_auc"], abs=1e-6)

@@ -167,6 +167,7 @@ def main(argv=None) -> None:
 
 
 def training_function(config: dict) -> Path:
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
@@ -176,7 +177,10 @@ def training_function(config: dict) -> Path:
 
     output_dir = Path(config["output_dir"])
     config = pipeline.resolve_resume(config, output_dir)
+    # Accelerate only treats a torchrun/accelerate-launch world as multi-process CPU (gloo) when told it runs on CPU;
+    # left alone on a machine without GPUs, every rank would train alone and race on the same checkpoint files.
     accelerator = Accelerator(
+        cpu=not torch.accelerator.is_available(),
         mixed_precision=config["mixed_precision"],
         gradient_accumulation_steps=config["gradient_accumulation"],
         project_dir=str(output_dir),
@@ -198,6 +202,8 @@ def training_function(config: dict) -> Path:
     if accelerator.is_main_process:  # only now: a run that could not even start leaves nothing to resume
         output_dir.mkdir(parents=True, exist_ok=True)
         training.write_json_atomic(output_dir / "run.json", {"config": config, "data": data.to_dict(),
+                                                             "processes": accelerator.num_processes,
+                                                             "distributed_type": str(accelerator.distributed_type),
                                                              **training.environment_record()})
 
     stage1_dir, stage2_dir = output_dir / "stage1", output_dir / "stage2"
