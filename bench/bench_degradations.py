@@ -6,6 +6,7 @@ Targets (issue 5): no operator over 50 ms at 512x512; featdistill >= 100 images/
     nice -n 10 .venv/bin/python bench/bench_degradations.py                      # all operators, markdown table
     .venv/bin/python bench/bench_degradations.py --ops 'jpeg*' --sizes 512 --repeats 5
     .venv/bin/python bench/bench_degradations.py --json results.json
+    .venv/bin/python bench/bench_degradations.py --profile-policy --policy featdistill   # cost share per operator
 
 Single thread: OMP/MKL/OpenBLAS threads are set to 1 before numpy is imported, torch.set_num_threads(1), and
 OpenCV's pool is disabled. Each operator runs at level 3 (severity 0.6) on a natural-looking test image; the level
@@ -104,6 +105,45 @@ def bench_policy(policy_name, size, samples, image_path, **options):
     return samples / elapsed
 
 
+def profile_policy(policy_name, size, samples, image_path, top=15):
+    """Per-operator share of a policy's cost: every operator call inside ``Policy.apply`` is timed, so each operator
+    is weighted by how often the policy picks it and at which levels. Returns markdown rows (ms per image)."""
+    import collections
+
+    from fdcore.degradations.policy import load_policy
+    from fdcore.interfaces import Degrader
+
+    totals, calls = collections.Counter(), collections.Counter()
+    original = Degrader.__call__
+
+    def timed(self, *args, **kwargs):
+        start = clock()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            totals[self.name] += clock() - start
+            calls[self.name] += 1
+
+    policy = load_policy(policy_name)
+    image = test_image(size, image_path)
+    for sample in range(5):  # warm-up, as bench_policy
+        policy.apply(image, 0, sample)
+    Degrader.__call__ = timed
+    try:
+        start = clock()
+        for sample in range(samples):
+            policy.apply(image, 0, sample)
+        elapsed = clock() - start
+    finally:
+        Degrader.__call__ = original
+    lines = [f"{policy_name} at {size}²: {samples / elapsed:.1f} images/s, {1000 * elapsed / samples:.2f} ms/image",
+             "", "| operator | ms per image | calls | ms per call |", "|---|---|---|---|"]
+    for name, seconds in totals.most_common(top):
+        per_image, per_call = 1000 * seconds / samples, 1000 * seconds / calls[name]
+        lines.append(f"| {name} | {per_image:.3f} | {calls[name]} | {per_call:.2f} |")
+    return "\n".join(lines)
+
+
 def markdown(results, sizes, limit_ms, policy_rows):
     lines = ["| operator | category | " + " | ".join(f"{s}² ms" for s in sizes) + " |",
              "|---|---|" + "---|" * len(sizes)]
@@ -137,6 +177,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall time (a dedicated core) or this thread's CPU time (a shared machine)")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the raw numbers here")
+    parser.add_argument("--profile-policy", action="store_true",
+                        help="instead print each operator's share of --policy's cost (ms per image, top 15)")
     # --- albumentations comparison (bench_vs_albumentations.py; needs the benchmark-only bench/.venv-bench) ---
     parser.add_argument("--vs-albumentations", action="store_true",
                         help="instead compare the operators albumentations 2.0.8 also has, at matched strength")
@@ -151,6 +193,10 @@ def main(argv=None) -> int:
     global clock
     clock = CLOCKS[args.clock]
     single_thread()
+
+    if args.profile_policy:
+        print(profile_policy(args.policy, 512, args.policy_samples, args.image))
+        return 0
 
     import fdcore
 

@@ -7,10 +7,16 @@
 
 Loading reads each file's bytes once, checks size and SHA-256 against the manifest, and parses those same bytes, so
 what was verified is what is used. Nothing here unpickles anything.
+
+Weights are not copied twice and the architecture is not randomly initialised only to be overwritten: on Linux the
+bytes are read (and hashed) into a sealed in-memory file (:func:`snapshot_file`: nobody, this process included, can
+change it afterwards), tensors are memory-mapped views of that snapshot, and the expert is built with its parameters
+on the meta device and then takes those tensors as its parameters (:func:`build_with_state`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +24,7 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fdcore.errors import FdcoreError
 
@@ -47,6 +53,166 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+class FileSnapshot:
+    """A private, immutable in-memory copy of a file, with the size and SHA-256 of exactly the bytes it holds.
+
+    On Linux the copy is a sealed memfd (no writes, no resizing, seals locked), so parsing :attr:`path` reads the
+    bytes that were hashed even if the original file changes meanwhile, and parsers can memory-map it instead of
+    copying it again. Elsewhere the copy is a bytes object (:attr:`data`) and :attr:`path` is None. Close it (or use
+    it as a context manager) once parsed; tensors mapped from it keep their pages alive on their own.
+    """
+
+    def __init__(self, origin: Path, size: int, sha256: str, fd: int | None = None, data: bytes | None = None):
+        self.origin, self.size, self.sha256 = origin, size, sha256
+        self._fd, self._data = fd, data
+
+    @property
+    def path(self) -> str | None:
+        return None if self._fd is None else f"/proc/self/fd/{self._fd}"
+
+    @property
+    def data(self) -> bytes:
+        """The whole content as bytes (reads the memfd when there is one)."""
+        if self._data is not None:
+            return self._data
+        return self.read(0, self.size)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self._data is not None:
+            return self._data[offset:offset + length]
+        chunks = []
+        while length > 0:
+            chunk = os.pread(self._fd, min(length, 1 << 24), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset, length = offset + len(chunk), length - len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._data = None
+
+    def __enter__(self) -> "FileSnapshot":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _sealable_memfd() -> int | None:
+    import fcntl
+
+    if not (hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS") and os.path.isdir("/proc/self/fd")):
+        return None
+    try:
+        return os.memfd_create("fdcore-weights", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    except OSError:
+        return None
+
+
+def snapshot_file(path: Path, chunk_size: int = 1 << 24) -> FileSnapshot:
+    """Copy ``path`` into a :class:`FileSnapshot`, hashing the very bytes copied (one read of the file)."""
+    import fcntl
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    fd = _sealable_memfd()
+    if fd is None:
+        data = path.read_bytes()
+        digest.update(data)
+        return FileSnapshot(path, len(data), digest.hexdigest(), data=data)
+    size = 0
+    try:
+        with open(path, "rb") as handle:
+            buffer = bytearray(chunk_size)
+            view = memoryview(buffer)
+            while count := handle.readinto(buffer):
+                digest.update(view[:count])
+                written = 0
+                while written < count:
+                    written += os.write(fd, view[written:count])
+                size += count
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return FileSnapshot(path, size, digest.hexdigest(), fd=fd)
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Modules built inside this block put their parameters on the meta device: no memory, and initialisers (the
+    random init of a ViT-L is seconds on a small CPU) do nothing. Buffers are created normally, so non-persistent
+    ones, which no state dict holds (index tensors such as ``position_ids``), keep the values the constructor gives
+    them. Not thread-safe: it patches ``nn.Module.register_parameter`` for the duration of the block."""
+    from torch import nn
+
+    original = nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            registered = module._parameters[name]
+            module._parameters[name] = type(registered)(registered.to("meta"),
+                                                        requires_grad=registered.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _meta_tensors(module) -> list[str]:
+    return [name for name, tensor in [*module.named_parameters(), *module.named_buffers()] if tensor.is_meta]
+
+
+def build_with_state(factory: Callable[[], Any], load: Callable[[Any, bool], Any]):
+    """``factory()`` holding the weights that ``load(module, assign)`` gives it, without initialising it first.
+
+    The module is built under :func:`parameters_on_meta` and ``load(module, True)`` must load its state dict with
+    ``assign=True`` (the loaded tensors become the parameters: no copy). Returns ``(module, load's result)``.
+    Parameters take the dtype the constructor gave them (as ``load_state_dict`` without ``assign`` would cast).
+    Falls back to the eager way (build with random init, copy the weights in) when the constructor cannot run on
+    meta parameters or ties parameters together, or when anything is still on the meta device after a complete
+    load, so a meta-built module never runs with tensors that hold no values. When ``load`` reports missing keys the
+    module is returned as it is (those tensors still on meta): the caller must refuse it, as :func:`load_expert`
+    does.
+    """
+    try:
+        with parameters_on_meta():
+            module = factory()
+    except Exception:  # a constructor that computes with its parameters' values; the eager path reports real errors
+        module = None
+    if module is not None and len(list(module.parameters())) == len(list(module.named_parameters(
+            remove_duplicate=False))):
+        dtypes = {name: tensor.dtype for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
+        result = load(module, True)
+        _restore_dtypes(module, dtypes)
+        if getattr(result, "missing_keys", None) or not _meta_tensors(module):
+            return module, result
+    module = factory()
+    return module, load(module, False)
+
+
+def _restore_dtypes(module, dtypes: dict) -> None:
+    from torch import nn
+
+    for prefix, submodule in module.named_modules():
+        for table in (submodule._parameters, submodule._buffers):
+            for name, tensor in table.items():
+                wanted = dtypes.get(f"{prefix}.{name}" if prefix else name)
+                if tensor is None or wanted is None or tensor.dtype == wanted or tensor.is_meta:
+                    continue
+                converted = tensor.detach().to(wanted)
+                table[name] = nn.Parameter(converted, requires_grad=tensor.requires_grad) \
+                    if isinstance(tensor, nn.Parameter) else converted
+
+
 def read_manifest(directory: Path) -> dict:
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
@@ -66,8 +232,8 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
-def read_verified(path: Path, expected: dict | None) -> bytes:
-    """The file's bytes, after checking them against a manifest entry (size first, then SHA-256)."""
+def _check_present_with_size(path: Path, expected: dict | None) -> Path:
+    """Refuse a missing file, or one whose size differs from its manifest entry (cheap, before any reading)."""
     path = Path(path)
     if not path.is_file():
         raise ExpertFormatError(f"{path} is missing")
@@ -76,6 +242,12 @@ def read_verified(path: Path, expected: dict | None) -> bytes:
         if size != expected["size_bytes"]:
             raise ExpertFormatError(f"{path} has {size} bytes but its manifest says {expected['size_bytes']}: the "
                                     "file is truncated or was replaced; re-download or re-export it")
+    return path
+
+
+def read_verified(path: Path, expected: dict | None) -> bytes:
+    """The file's bytes, after checking them against a manifest entry (size first, then SHA-256)."""
+    path = _check_present_with_size(path, expected)
     data = path.read_bytes()
     if expected is not None:
         digest = sha256_bytes(data)
@@ -85,18 +257,41 @@ def read_verified(path: Path, expected: dict | None) -> bytes:
     return data
 
 
-def parse_safetensors(data: bytes, origin: Path) -> dict:
-    """Tensors from safetensors bytes, with a clean error for truncated or hostile headers."""
-    from safetensors.torch import load as load_safetensors
+def snapshot_verified(path: Path, expected: dict | None) -> FileSnapshot:
+    """:func:`read_verified`, but the checked bytes are kept as a :class:`FileSnapshot` (no second copy to parse)."""
+    path = _check_present_with_size(path, expected)
+    snapshot = snapshot_file(path)
+    if expected is not None and (snapshot.size != expected["size_bytes"] or snapshot.sha256 != expected["sha256"]):
+        snapshot.close()
+        if snapshot.size != expected["size_bytes"]:
+            raise ExpertFormatError(f"{path} changed while being read; try again")
+        raise ExpertFormatError(f"{path} SHA-256 {snapshot.sha256} does not match its manifest "
+                                f"({expected['sha256']}): the file is corrupt or was modified; re-download or "
+                                "re-export it")
+    return snapshot
 
-    if len(data) < 8:
+
+def parse_safetensors(data: bytes | FileSnapshot, origin: Path) -> dict:
+    """Tensors from safetensors bytes or a :class:`FileSnapshot` (memory-mapped from it, not copied), with a clean
+    error for truncated or hostile headers."""
+    from safetensors.torch import load as load_safetensors
+    from safetensors.torch import load_file
+
+    snapshot = data if isinstance(data, FileSnapshot) else None
+    size = snapshot.size if snapshot is not None else len(data)
+    head = snapshot.read(0, 8) if snapshot is not None else data[:8]
+    if size < 8:
         raise ExpertFormatError(f"{origin} is too short to be a safetensors file")
-    (header_length,) = struct.unpack("<Q", data[:8])
-    if header_length > MAX_SAFETENSORS_HEADER or header_length > len(data) - 8:
-        raise ExpertFormatError(f"{origin} claims a {header_length}-byte header in a {len(data)}-byte file: "
+    (header_length,) = struct.unpack("<Q", head)
+    if header_length > MAX_SAFETENSORS_HEADER or header_length > size - 8:
+        raise ExpertFormatError(f"{origin} claims a {header_length}-byte header in a {size}-byte file: "
                                 "truncated or not a safetensors file")
     try:
-        return load_safetensors(data)
+        if snapshot is None:
+            return load_safetensors(data)
+        if snapshot.path is None:
+            return load_safetensors(snapshot.data)
+        return load_file(snapshot.path)
     except Exception as exc:  # safetensors raises its own error types for malformed files
         raise ExpertFormatError(f"{origin} is not a valid safetensors file: {exc}") from exc
 
@@ -222,10 +417,16 @@ def load_expert(directory, device: str = "cpu", dtype=None):
         provider = config.get("provider") or "the plugin that provides it"
         raise ExpertFormatError(f"{directory} holds a {name!r} expert, which is not registered: install {provider} "
                                 f"({exc})") from exc
-    state = parse_safetensors(read_verified(directory / WEIGHTS_FILE, manifest["files"][WEIGHTS_FILE]),
-                              directory / WEIGHTS_FILE)
-    expert = expert_class.from_config(config.get("config", {}))
-    result = expert.load_state_dict(state, strict=False)
+    with snapshot_verified(directory / WEIGHTS_FILE, manifest["files"][WEIGHTS_FILE]) as snapshot:
+        state = parse_safetensors(snapshot, directory / WEIGHTS_FILE)
+    architecture = config.get("config", {})
+    try:
+        expert, result = build_with_state(lambda: expert_class.from_config(architecture),
+                                          lambda module, assign: module.load_state_dict(state, strict=False,
+                                                                                        assign=assign))
+    except RuntimeError as exc:  # load_state_dict's size mismatches
+        raise ExpertFormatError(f"{directory / WEIGHTS_FILE} does not match the {name!r} architecture in "
+                                f"{CONFIG_FILE}: {' '.join(str(exc).split())[:2000]}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise ExpertFormatError(
             f"{directory / WEIGHTS_FILE} does not match the {name!r} architecture in {CONFIG_FILE}: "

@@ -5,10 +5,13 @@ A release directory holds ``Expert_<n>_<tag>.pth`` files (PyTorch checkpoints: a
 
     {"schema_version": 1, "files": {"Expert_1_<tag>.pth": {"size_bytes": N, "sha256": "<64 hex>"}, ...}}
 
-Each file is read into memory once; its size and SHA-256 are checked against the manifest (and against any hashes
-the caller pins) before anything is deserialised, and the very bytes that were hashed are then parsed with
-``torch.load(..., weights_only=True)``, which builds tensors and containers only and refuses any other pickled
-object without running it. Without a manifest, loading requires an explicit ``skip_hash_check=True``.
+Each file is read into memory once (a sealed in-memory snapshot, :func:`fdcore.expert_io.snapshot_file`); its size
+and SHA-256 are checked against the manifest (and against any hashes the caller pins) before anything is
+deserialised, and the very bytes that were hashed are then parsed with ``torch.load(..., weights_only=True)``, which
+builds tensors and containers only and refuses any other pickled object without running it. The tensors are
+memory-mapped views of the snapshot (``mmap=True``), and the expert is built without random initialisation and takes
+them as its parameters, so the weights exist once in memory. Without a manifest, loading requires an explicit
+``skip_hash_check=True``.
 
 The expert class for a file is the registered expert whose class attribute ``featdistill_tag`` equals the file's
 ``<tag>``; the core knows no tag itself. ``fdcore expert import-featdistill`` converts a release into an fdcore
@@ -23,14 +26,13 @@ files must match them whatever the manifest says.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from fdcore.errors import FdcoreError
-from fdcore.expert_io import MANIFEST_FILE, ExpertFormatError, read_manifest
+from fdcore.expert_io import MANIFEST_FILE, ExpertFormatError, FileSnapshot, read_manifest, snapshot_file
 
 RELEASE_FILE = re.compile(r"^Expert_(?P<index>[0-9]+)_(?P<tag>[A-Za-z0-9][A-Za-z0-9_-]*)\.pth$")
 SOURCE_FORMAT = "featdistill-release"
@@ -155,29 +157,42 @@ def _expected_hashes(directory: Path, files: list[ReleaseFile], skip_hash_check:
     return checks
 
 
-def read_verified_bytes(path: Path, size_bytes: int | None, digests: list[tuple[str, str]]) -> tuple[bytes, str]:
-    """The file's bytes and SHA-256, after checking the size and every expected digest (nothing is parsed here)."""
+def snapshot_verified(path: Path, size_bytes: int | None, digests: list[tuple[str, str]]) -> FileSnapshot:
+    """A sealed snapshot of the file, after checking its size and every expected digest (nothing is parsed here)."""
     if size_bytes is not None and path.stat().st_size != size_bytes:
         raise FeatDistillReleaseError(f"{path} has {path.stat().st_size} bytes but its manifest says {size_bytes}: "
                                       "truncated or replaced; download it again")
-    data = path.read_bytes()
-    if size_bytes is not None and len(data) != size_bytes:
-        raise FeatDistillReleaseError(f"{path} changed while being read; try again")
-    digest = hashlib.sha256(data).hexdigest()
-    for expected, origin in digests:
-        if digest != expected:
-            raise FeatDistillReleaseError(f"{path} SHA-256 {digest} does not match the {origin} hash {expected}: the "
-                                          "file is corrupt or was modified; download it again from the release")
-    return data, digest
+    snapshot = snapshot_file(path)
+    try:
+        if size_bytes is not None and snapshot.size != size_bytes:
+            raise FeatDistillReleaseError(f"{path} changed while being read; try again")
+        for expected, origin in digests:
+            if snapshot.sha256 != expected:
+                raise FeatDistillReleaseError(
+                    f"{path} SHA-256 {snapshot.sha256} does not match the {origin} hash {expected}: the file is "
+                    "corrupt or was modified; download it again from the release")
+    except BaseException:
+        snapshot.close()
+        raise
+    return snapshot
 
 
-def parse_checkpoint(data: bytes, origin: Path) -> dict:
-    """A state dict of tensors from checkpoint bytes; anything that is not plain tensors is refused unexecuted."""
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def parse_checkpoint(data: bytes | FileSnapshot, origin: Path) -> dict:
+    """A state dict of tensors from checkpoint bytes or a :class:`~fdcore.expert_io.FileSnapshot` (memory-mapped from
+    it when it is a zip-format checkpoint: no copy); anything that is not plain tensors is refused unexecuted."""
     import torch
 
+    if isinstance(data, FileSnapshot):
+        # torch.load can map only zip-format checkpoints (torch >= 1.6); legacy ones are parsed from bytes.
+        source = data.path if data.path is not None and data.read(0, 4) == _ZIP_MAGIC else io.BytesIO(data.data)
+    else:
+        source = io.BytesIO(data)
     try:
         # weights_only=True is explicit so that TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off.
-        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        loaded = torch.load(source, map_location="cpu", weights_only=True, mmap=isinstance(source, str))
     except Exception as exc:  # UnpicklingError for foreign objects, RuntimeError/EOFError for corrupt archives
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FeatDistillReleaseError(
@@ -215,10 +230,9 @@ def iter_featdistill_release(directory, skip_hash_check: bool = False, device: s
     checks = _expected_hashes(directory, files, skip_hash_check, expected_sha256)
     for item in files:
         check = checks[item.path.name]
-        data, digest = read_verified_bytes(item.path, check["size_bytes"], check["sha256"])
-        size = len(data)
-        state = parse_checkpoint(data, item.path)
-        del data
+        with snapshot_verified(item.path, check["size_bytes"], check["sha256"]) as snapshot:
+            digest, size = snapshot.sha256, snapshot.size
+            state = parse_checkpoint(snapshot, item.path)
         try:
             options = dict((expert_config or {}).get(item.tag, {}))
             expert = classes[item.tag].from_featdistill_state_dict(state, **options)

@@ -130,7 +130,7 @@ class HFVisionExpert(Expert):
     def __init__(self, backbone: str | None = None, backbone_config: Mapping[str, Any] | None = None, *,
                  head_hidden: int = HEAD_HIDDEN, dropout: float = HEAD_DROPOUT,
                  feature_layers: Sequence[str] | None = None, seed: int | None = None,
-                 attn_implementation: str = "sdpa"):
+                 attn_implementation: str = "sdpa", resize: str = "short-side"):
         super().__init__()
         if backbone is not None and backbone_config is not None:
             raise ValueError(f"{self.name}: pass backbone= (pretrained weights) or backbone_config= (random weights), "
@@ -169,10 +169,14 @@ class HFVisionExpert(Expert):
         self.default_feature_layers = tuple(feature_layers) if feature_layers is not None \
             else default_feature_layers(self.num_layers)
         self._check_layers(self.default_feature_layers)
+        # resize="crop" takes a centre crop at native resolution (resizing low-passes the pixel-level traces a
+        # generator leaves, which matters most for experts trained from scratch); the default is the reference's.
         self.preprocessing = Preprocessing(size=int(self.architecture["image_size"]), mean=self.mean, std=self.std,
-                                           resize="short-side", interpolation="bicubic")
+                                           resize=resize, interpolation="bicubic")
         self.config = {"backbone_config": self.architecture, "head_hidden": head_hidden, "dropout": dropout,
                        "feature_layers": list(self.default_feature_layers), "seed": seed}
+        if resize != "short-side":
+            self.config["resize"] = resize
 
     # ----------------------------------------------------------------- construction helpers
 
@@ -312,17 +316,24 @@ class HFVisionExpert(Expert):
     def from_featdistill_state_dict(cls, state_dict: Mapping[str, torch.Tensor], **config: Any) -> "HFVisionExpert":
         """An expert holding the weights of a FeatDistill checkpoint (keys ``vision_encoder.*``, ``classifier.*``).
 
-        ``config`` are constructor kwargs; by default the architecture is the class's full-size default built with
-        random weights (no download), which the state dict then overwrites entirely (strict: every tensor must be
-        present and no other may be).
+        ``config`` are constructor kwargs; by default the architecture is the class's full-size default (no
+        download), built without initialising its parameters (:func:`fdcore.expert_io.build_with_state`): the state
+        dict's tensors become the parameters (strict: every tensor must be present and no other may be).
         """
+        from fdcore.expert_io import build_with_state
+
         if "backbone" not in config and "backbone_config" not in config:
             config["backbone_config"] = {}
-        expert = cls(**config)
-        expert.load_featdistill_state_dict(state_dict)
+        if "backbone" in config:  # pretrained weights are loaded by from_pretrained, then overwritten
+            expert = cls(**config)
+            expert.load_featdistill_state_dict(state_dict)
+        else:
+            expert, _ = build_with_state(lambda: cls(**config),
+                                         lambda module, assign: module.load_featdistill_state_dict(state_dict,
+                                                                                                   assign=assign))
         return expert.eval()
 
-    def load_featdistill_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+    def load_featdistill_state_dict(self, state_dict: Mapping[str, torch.Tensor], assign: bool = False) -> None:
         own = self.state_dict()
         state = self._align_backbone_keys(dict(state_dict), set(own))
         missing = sorted(set(own) - set(state))
@@ -336,7 +347,7 @@ class HFVisionExpert(Expert):
                 f"{missing[:4]}, {len(unexpected)} unexpected {unexpected[:4]}, {len(wrong_shape)} wrongly shaped "
                 f"{wrong_shape[:3]}. A checkpoint trained with another backbone size needs its vision config "
                 "(backbone_config)")
-        self.load_state_dict(state, strict=True)
+        self.load_state_dict(state, strict=True, assign=assign)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict`` that also accepts the backbone key layout of the other transformers major

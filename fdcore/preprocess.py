@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 PREPROCESS_VERSION = "fdcore-preprocess-v1"
 
 _INTERPOLATIONS = ("bicubic", "bilinear", "lanczos", "nearest")
-_RESIZES = ("short-side", "squash")
+_RESIZES = ("short-side", "squash", "crop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,9 @@ class Preprocessing:
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    resize: str = "short-side"  # "short-side" (+ centre crop) or "squash" (both sides to size)
+    # "short-side" (+ centre crop), "squash" (both sides to size) or "crop" (centre crop at native resolution;
+    # an image smaller than size is first enlarged as "short-side" would)
+    resize: str = "short-side"
     interpolation: str = "bicubic"
 
     def __post_init__(self):
@@ -69,7 +71,10 @@ class Preprocessing:
         width, height = image.size
         if self.resize == "squash":
             return image.resize((self.size, self.size), method)
-        new_width, new_height = resized_short_side(width, height, self.size)
+        if self.resize == "crop" and min(width, height) >= self.size:
+            new_width, new_height = width, height
+        else:
+            new_width, new_height = resized_short_side(width, height, self.size)
         if (new_width, new_height) != (width, height):
             image = image.resize((new_width, new_height), method)
         top = int(round((new_height - self.size) / 2.0))

@@ -63,3 +63,25 @@ def make_learnable_folder(root, per_class=48, size=32, seed=0):
 @pytest.fixture
 def learnable_folder(tmp_path):
     return make_learnable_folder(tmp_path / "data")
+
+
+def train_in_one_and_two_processes(recipe_args, out_root, master_port: int) -> None:
+    """Run the two-stage recipe once in one process (``out_root/one``) and once under torchrun with two gloo
+    processes (``out_root/two``), and check that the second really ran as two processes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "fdcore.recipes.two_stage", *recipe_args, "--output-dir",
+                             str(out_root / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(master_port), "-m", "fdcore.recipes.two_stage", *recipe_args,
+                             "--output-dir", str(out_root / "two")], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    # Without these the "two-process" run could be two independent single-process runs and still match.
+    assert json.loads((out_root / "two" / "run.json").read_text())["processes"] == 2
+    assert double.stdout.count("expert written to") == 1, double.stdout

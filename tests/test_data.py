@@ -485,6 +485,45 @@ def test_detection_dataset_items_and_collate(tmp_path):
         DetectionDataset(source, small, degrade=lambda image, index, epoch: (image, {}), views=2)
 
 
+def test_native_resolution_crop_preprocessing():
+    from fdcore.preprocess import Preprocessing
+
+    array = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    crop = Preprocessing(size=16, mean=(0.0,) * 3, std=(1.0,) * 3, resize="crop")
+    assert np.array_equal(np.asarray(crop.resize_image(Image.fromarray(array))), array[16:32, 12:28])  # no resampling
+    assert crop.resize_image(Image.fromarray(array[:10, :12])).size == (16, 16)  # too small: enlarged first
+    with pytest.raises(ValueError, match="resize must be one of"):
+        Preprocessing(size=16, mean=(0.0,) * 3, std=(1.0,) * 3, resize="zoom")
+
+
+def test_random_native_crops_are_seeded_windows_of_the_original(tmp_path):
+    from fdcore.data import DetectionDataset
+    from fdcore.preprocess import Preprocessing
+
+    path = write_image(tmp_path / "d" / "fake" / "a.png", 3, size=(40, 30))
+    write_image(tmp_path / "d" / "real" / "b.png", 4, size=(12, 10))  # smaller than the crop: enlarged instead
+    rows = resolve_data_spec(str(tmp_path / "d")).load()
+    original = np.asarray(Image.open(path))
+    crop = Preprocessing(size=16, mean=(0.0,) * 3, std=(1.0,) * 3, resize="crop")
+    dataset = DetectionDataset(rows, crop, random_crop_seed=7)
+    index = [p.endswith("a.png") for p in rows["path"]].index(True)
+
+    def window(epoch):
+        dataset.set_epoch(epoch)
+        pixels = np.rint(dataset[index]["pixels"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        found = [(top, left) for top in range(30 - 15) for left in range(40 - 15)
+                 if np.array_equal(original[top:top + 16, left:left + 16], pixels)]
+        assert len(found) == 1
+        return found[0]
+
+    first = window(0)
+    assert window(0) == first
+    assert len({window(epoch) for epoch in range(6)}) > 1  # a new window each epoch
+    assert dataset[1 - index]["pixels"].shape == (3, 16, 16)
+    centred = DetectionDataset(rows, crop)  # without a seed: the evaluation's centre crop
+    assert np.allclose(centred[index]["pixels"].permute(1, 2, 0).numpy() * 255, original[7:23, 12:28], atol=1e-3)
+
+
 def test_dataloader_workers_do_not_change_samples(tmp_path):
     import torch
 

@@ -219,6 +219,43 @@ def test_double_jpeg_differs_from_one_compression():
     assert np.array_equal(out, run("double_jpeg", image, level=3))
 
 
+@pytest.mark.parametrize("subsampling", ["4:4:4", "4:2:2", "4:2:0"])
+def test_jpeg_roundtrip_is_pixel_identical_to_pillows_libjpeg(subsampling):
+    """The OpenCV path must be the same codec as Pillow's: standard IJG tables scaled by quality, the same chroma
+    subsampling, ISLOW DCT, fancy upsampling. Odd sizes exercise partial MCUs."""
+    import io
+
+    from PIL import Image
+
+    from fdcore.degradations.base import jpeg_roundtrip
+
+    codes = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+    for image in (scene(), scene(37, 21, seed=1), np.random.default_rng(2).integers(0, 256, (9, 30, 3), np.uint8)):
+        for quality in (4, 24, 43, 75, 100):
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=codes[subsampling])
+            expected = np.asarray(Image.open(buffer).convert("RGB"))
+            assert np.array_equal(jpeg_roundtrip(image, quality, subsampling), expected), (image.shape, quality)
+    with pytest.raises(ValueError, match="4:1:1"):
+        jpeg_roundtrip(scene(), 50, "4:1:1")
+
+
+def test_jpeg2000_records_its_codec_settings_and_refuses_older_records():
+    """The colour transform changed the codec's output (ICT since this version): a record made without the codec
+    settings must not replay silently into a different image."""
+    from fdcore.degradations.policy import ReplayError
+
+    image = scene()
+    out, record = fdcore.apply_policy(image, {"branches": [{"ops": ["jpeg2000"]}]}, seed=0)
+    params = record["ops"][0]["params"]
+    assert params["color_transform"] == "ICT" and params["wavelet"] == "9/7 irreversible"
+    assert np.array_equal(fdcore.replay(record, image), out)
+    older = json.loads(json.dumps(record))
+    older["ops"][0]["params"] = {"compression_ratio": params["compression_ratio"]}
+    with pytest.raises(ReplayError, match="changed"):
+        fdcore.replay(older, image)
+
+
 def test_jpeg2000_and_webp_are_real_codecs():
     from PIL import features
 

@@ -120,6 +120,28 @@ def test_lab_conversion_matches_reference_values_and_round_trips():
     assert np.abs(back - IMAGE).max() < 0.5
 
 
+def test_relight_lab_equals_the_lab_round_trip_with_a_curve_on_lightness():
+    """The shortcut used by brighten/darken (offset the three Lab companding values) is the same function as
+    converting to Lab, replacing L by the curve and converting back."""
+    table = base.tone_curve_table((0.0, 0.5, 1.0), (0.0, 0.2, 1.0), samples=1021).astype(np.float32)
+    colours = np.random.default_rng(3).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    lab = base.srgb_to_lab(colours)
+    lab[..., 0] = 100 * base.lookup(lab[..., 0] / 100, table)
+    assert np.abs(base.relight_lab(colours, table) - base.lab_to_srgb(lab)).max() < 2e-4
+    tiny = np.full((1, 1, 3), 77, np.uint8)
+    assert base.relight_lab(tiny, table).shape == (1, 1, 3)
+
+
+def test_apply_lut_matches_indexing_for_shared_and_per_channel_tables():
+    rng = np.random.default_rng(4)
+    shared, per_channel = rng.integers(0, 256, 256).astype(np.uint8), rng.integers(0, 256, (3, 256)).astype(np.uint8)
+    for image in (IMAGE, IMAGE[:1, :1], np.ascontiguousarray(IMAGE[::3, ::2])):
+        assert np.array_equal(base.apply_lut(image, shared), shared[image])
+        expected = np.stack([per_channel[c][image[..., c]] for c in range(3)], axis=-1)
+        assert np.array_equal(base.apply_lut(image, per_channel), expected)
+    assert np.array_equal(base.apply_lut(IMAGE[..., 0], shared), shared[IMAGE[..., 0]])
+
+
 def test_monotone_cubic_never_overshoots():
     curve = base.monotone_cubic([0, 0.3, 0.5, 0.7, 1], [0, 0.4, 0.5, 0.6, 1])
     values = curve(np.linspace(0, 1, 2001))

@@ -98,3 +98,13 @@ def test_save_refuses_to_overwrite_and_leaves_no_partial_directory(saved, monkey
         save_expert(expert, target)
     assert not target.exists()
     assert [p.name for p in directory.parent.iterdir() if p.name.startswith(".never")] == []
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_native_crop_preprocessing_survives_save_and_load(kind, tmp_path):
+    config = fdcore.get_expert_class(kind).tiny_config()
+    expert = fdcore.get_expert(kind, **config, resize="crop")
+    loaded = fdcore.load_expert(save_expert(expert, tmp_path / kind))
+    assert loaded.preprocessing == expert.preprocessing and loaded.preprocessing.resize == "crop"
+    default = fdcore.get_expert(kind, **config)
+    assert default.preprocessing.resize == "short-side" and "resize" not in default.config

@@ -2,15 +2,13 @@
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import fdcore
+from conftest import train_in_one_and_two_processes
 from fdcore import training
 from fdcore.builtin.distillers import cosine_momentum
 
@@ -162,17 +160,7 @@ def test_two_processes_match_one_process(learnable_folder, tmp_path):
     common = ["--expert", "toy", "--batch-size", "8", "--lr", "3e-3", "--workers", "0", "--log-every", "1",
               "--validation-policy", "none", "--seed", "3", "--policy", "none", "--data", str(learnable_folder),
               "--epochs", "1", "--stage", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "fdcore.recipes.two_stage", *common, "--output-dir",
-                             str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29517", "-m", "fdcore.recipes.two_stage", *common, "--output-dir",
-                             str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert double.returncode == 0, double.stderr[-3000:]
-    # Without this the "two-process" run could be two independent single-process runs and still match.
-    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
-    assert double.stdout.count("expert written to") == 1, double.stdout
+    train_in_one_and_two_processes(common, tmp_path, master_port=29517)
     one = [e for e in read_log(tmp_path / "one") if "clean_roc_auc" in e][-1]
     two = [e for e in read_log(tmp_path / "two") if "clean_roc_auc" in e][-1]
     assert one["clean_roc_auc"] == pytest.approx(two["clean_roc_auc"], abs=1e-6)
@@ -180,3 +168,16 @@ def test_two_processes_match_one_process(learnable_folder, tmp_path):
     first = fdcore.load_expert(tmp_path / "one" / "expert").state_dict()
     second = fdcore.load_expert(tmp_path / "two" / "expert").state_dict()
     assert all(torch.allclose(first[key], second[key], atol=1e-5) for key in first)
+
+
+def test_resuming_a_run_recorded_before_newer_options_existed(tmp_path):
+    from fdcore.recipes import pipeline
+    from fdcore.recipes.two_stage import DEFAULTS
+
+    saved = {key: value for key, value in DEFAULTS.items() if key not in ("steps_per_epoch", "shuffle_buffer")}
+    saved.update(expert="toy", epochs=3)
+    (tmp_path / "run.json").write_text(json.dumps({"config": saved}))
+    resumed = pipeline.resolve_resume({**DEFAULTS, "resume": True, "workers": 0}, tmp_path)
+    assert resumed["epochs"] == 3 and resumed["expert"] == "toy" and resumed["workers"] == 0
+    assert resumed["steps_per_epoch"] == DEFAULTS["steps_per_epoch"]
+    assert resumed["shuffle_buffer"] == DEFAULTS["shuffle_buffer"]

@@ -84,11 +84,14 @@ class DetectionDataset(torch.utils.data.Dataset):
     ``pixels_view2`` and ``degradation_view2``, a second, independently degraded view of the same image, for which
     ``degrade`` is called with ``view=1`` and must accept that keyword.
 
+    With ``random_crop_seed``, experts whose preprocessing is ``resize="crop"`` (native resolution) train on a
+    random window of their input size, drawn per (seed, epoch, index), instead of the centre one.
+
     Call :meth:`set_epoch` before each epoch (with non-persistent DataLoader workers, so that they see it).
     """
 
     def __init__(self, source: Sequence[Mapping[str, Any]], preprocessing: Any, *, degrade: DegradeFn | None = None,
-                 views: int = 1, epoch: int = 0):
+                 views: int = 1, epoch: int = 0, random_crop_seed: int | None = None):
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views!r}")
         if views == 2 and degrade is not None and not _accepts_view(degrade):
@@ -103,6 +106,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.degrade = degrade
         self.views = views
         self.epoch = epoch
+        self.random_crop_seed = random_crop_seed
+        native = [p.size for p in self.preprocessing.values() if p.resize == "crop"]
+        self._crop_size = max(native) if native and random_crop_seed is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -133,6 +139,18 @@ class DetectionDataset(torch.utils.data.Dataset):
                                f"{getattr(degraded, 'shape', '')} for sample {index}, not an HxWx3 uint8 image")
         return self._pixels(degraded), json.dumps(record, sort_keys=True, default=str)
 
+    def _random_native_crop(self, image: np.ndarray, index: int) -> np.ndarray:
+        # Training counterpart of the "crop" preprocessing (a centre crop at native resolution): a seeded random
+        # window of the same size, taken before degradation so the policy works on the pixels the expert sees.
+        size = self._crop_size
+        height, width = image.shape[:2]
+        if height <= size or width <= size:
+            return image
+        rng = sample_rng(self.random_crop_seed, self.epoch, index)
+        top = int(rng.integers(0, height - size + 1))
+        left = int(rng.integers(0, width - size + 1))
+        return np.ascontiguousarray(image[top:top + size, left:left + size])
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         if not 0 <= index < len(self):
@@ -145,6 +163,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             image = np.asarray(load_row_image(row), dtype=np.uint8)
         except DataError as exc:
             raise DataError(f"sample {index}: {exc}") from None
+        if self._crop_size is not None:
+            image = self._random_native_crop(image, index)
         pixels, record = self._view(image, index, 0)
         item = {"pixels": pixels, "label": int(row["label"]), "index": index, "degradation": record,
                 "path": row["path"], "generator": row.get("generator") or "", "source": row.get("source") or ""}

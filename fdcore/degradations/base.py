@@ -8,6 +8,7 @@ same scale.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -170,17 +171,23 @@ def disk_kernel(radius: float, supersample: int = 8) -> np.ndarray:
 
 
 def apply_lut(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Map a uint8 image through a 256-entry lookup table (shared by all channels, or one row per channel)."""
+    """Map a uint8 image through a 256-entry lookup table (shared by all channels, or one row per channel).
+
+    OpenCV's ``LUT`` does it in one vectorised pass, ~10x faster than numpy's fancy indexing; same bytes."""
+    import cv2
+
     lut = np.asarray(lut)
     if lut.dtype != np.uint8:
         lut = np.clip(np.rint(lut), 0, 255).astype(np.uint8)
+    image = np.ascontiguousarray(image)
     if lut.shape == (256,):
-        return lut[image]
+        if image.ndim == 3 and image.shape[2] > 4:  # beyond OpenCV's channel limit for LUT
+            return lut[image]
+        return cv2.LUT(image, lut).reshape(image.shape)
     if lut.shape == (3, 256):
-        out = np.empty_like(image)
-        for channel in range(3):
-            out[..., channel] = lut[channel][image[..., channel]]
-        return out
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"a per-channel lookup table needs an HxWx3 image, got shape {image.shape}")
+        return cv2.LUT(image, np.ascontiguousarray(lut.T).reshape(256, 1, 3)).reshape(image.shape)
     raise ValueError(f"a lookup table must have shape (256,) or (3, 256), got {lut.shape}")
 
 
@@ -262,18 +269,35 @@ def _float32(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
+def _single_channel(values: np.ndarray) -> np.ndarray:
+    """A contiguous float32 1xN row, on which OpenCV applies a Python scalar to every value (on an HxWx3 array it
+    would read the scalar as a per-channel (s, 0, 0) triple). A single value is doubled: OpenCV could mistake a
+    1x1 array for a scalar. :func:`_same_shape` undoes both."""
+    row = np.ascontiguousarray(values, dtype=np.float32).reshape(1, -1)
+    return np.repeat(row, 2, axis=1) if row.size == 1 else row
+
+
+def _same_shape(row: np.ndarray, values: np.ndarray) -> np.ndarray:
+    return row.reshape(-1)[:np.size(values)].reshape(np.shape(values))
+
+
 def _power_with_linear_toe(values: np.ndarray, knee: float, exponent: float, scale: float, offset: float,
                            toe_slope: float) -> np.ndarray:
     """``scale * max(v, knee)^exponent - offset`` above the knee, continued by a line of slope ``toe_slope``
-    below it: the shape of the sRGB and Lab transfer curves, computed branch-free in a few vectorised passes."""
+    below it: the shape of the sRGB and Lab transfer curves, computed branch-free in a few vectorised passes.
+
+    The power is ``exp(exponent * log(v) + log(scale))`` with OpenCV's vectorised exp and log (float32 relative
+    error ~1e-6, far below the 1/255 output step); ``cv2.pow`` with a fractional exponent is ~1.5x slower."""
     import cv2
 
-    knee32 = np.float32(knee)
-    out = cv2.pow(np.maximum(values, knee32), exponent)
-    out *= np.float32(scale)
-    out -= np.float32(offset)
-    out += np.float32(toe_slope) * (np.minimum(values, knee32) - knee32)
-    return out
+    flat = _single_channel(values)
+    toe = cv2.min(flat, float(knee))
+    power = cv2.log(cv2.max(flat, float(knee)))
+    power = cv2.exp(cv2.addWeighted(power, float(exponent), power, 0.0, math.log(scale)))
+    # scale * v^p - offset + toe_slope * (min(v, knee) - knee)
+    out = cv2.scaleAdd(toe, float(toe_slope), power)
+    out -= np.float32(offset + toe_slope * knee)
+    return _same_shape(out, values)
 
 
 def srgb_to_linear(values: np.ndarray) -> np.ndarray:
@@ -299,8 +323,11 @@ def _srgb_decode(values: np.ndarray) -> np.ndarray:
 
 def linear_to_srgb(values: np.ndarray) -> np.ndarray:
     """Linear light -> sRGB in [0, 1] (clipped), float32."""
-    out = _power_with_linear_toe(np.clip(_float32(values), 0.0, 1.0), _LINEAR_THRESHOLD, 1 / 2.4, 1.055, 0.055, 12.92)
-    return np.clip(out, 0.0, 1.0, out=out)
+    import cv2
+
+    # The transfer curve rises from 0 at 0 to 1 at 1, so clipping its output equals clipping its input.
+    out = _power_with_linear_toe(_single_channel(values), _LINEAR_THRESHOLD, 1 / 2.4, 1.055, 0.055, 12.92)
+    return _same_shape(cv2.max(cv2.min(out, 1.0), 0.0), values)
 
 
 def srgb_to_lab(image: np.ndarray) -> np.ndarray:
@@ -319,20 +346,48 @@ def srgb_to_lab(image: np.ndarray) -> np.ndarray:
 
 def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
     """CIE Lab -> float sRGB HxWx3 in [0, 1] (out-of-gamut colours clipped), float32."""
-    import cv2
-
     lab = _float32(lab)
     f = np.empty_like(lab)
     f[..., 1] = (lab[..., 0] + np.float32(16.0)) * np.float32(1 / 116)
     f[..., 0] = f[..., 1] + lab[..., 1] * np.float32(1 / 500)
     f[..., 2] = f[..., 1] - lab[..., 2] * np.float32(1 / 200)
+    return _srgb_from_lab_f(f)
+
+
+def _srgb_from_lab_f(f: np.ndarray) -> np.ndarray:
+    """The Lab companding values (f(X/Xn), f(Y), f(Z/Zn)) HxWx3 -> float sRGB in [0, 1]."""
+    import cv2
+
     # The inverse of f: cube above delta, the tangent line 3 delta^2 (f - 4/29) below (continuous at delta).
-    delta = np.float32(_LAB_DELTA)
-    upper = np.maximum(f, delta)
-    xyz = upper * upper
-    xyz *= upper
-    xyz += np.float32(3 * _LAB_DELTA ** 2) * (np.minimum(f, delta) - delta)
-    return linear_to_srgb(cv2.transform(xyz, _LINEAR_FROM_XYZN))
+    delta, slope = _LAB_DELTA, 3 * _LAB_DELTA ** 2
+    flat = _single_channel(f)
+    xyz = cv2.scaleAdd(cv2.min(flat, delta), slope, cv2.pow(cv2.max(flat, delta), 3))
+    xyz -= np.float32(slope * delta)
+    return linear_to_srgb(cv2.transform(xyz.reshape(f.shape), _LINEAR_FROM_XYZN))
+
+
+def relight_lab(pixels: np.ndarray, lightness_table: np.ndarray) -> np.ndarray:
+    """sRGB uint8 HxWx3 -> float sRGB in [0, 1] with CIE Lab lightness replaced by ``100 * table(L / 100)`` (a
+    function tabulated on [0, 1], nearest entry) and a, b kept: :func:`srgb_to_lab`, the curve on L,
+    :func:`lab_to_srgb`, without the detour through a and b.
+
+    Keeping a = 500 (fx - fy) and b = 200 (fy - fz) while fy becomes (L' + 16) / 116 adds the same offset to all
+    three companding values fx, fy, fz; only fy (that is L) selects the table entry."""
+    import cv2
+
+    xyz = cv2.transform(srgb_to_linear(pixels), _XYZN_FROM_LINEAR)
+    f = _power_with_linear_toe(xyz, _LAB_DELTA ** 3, 1 / 3, 1.0, 0.0, 1 / (3 * _LAB_DELTA ** 2))
+    last = len(lightness_table) - 1
+    new_fy = ((np.asarray(lightness_table, dtype=np.float64) * 100.0 + 16.0) / 116.0).astype(np.float32)
+    fy = cv2.extractChannel(f, 1)
+    # Table index of L / 100 = (116 fy - 16) / 100, rounded to the nearest entry (as lookup()).
+    position = np.multiply(fy, np.float32(1.16 * last), dtype=np.float32)
+    position += np.float32(0.5 - 0.16 * last)
+    np.clip(position, np.float32(0.0), np.float32(last), out=position)
+    shift = new_fy[position.astype(np.int32)]
+    shift -= fy
+    shift3 = cv2.merge([shift, shift, shift]).reshape(f.shape)
+    return _srgb_from_lab_f(cv2.add(_single_channel(f), _single_channel(shift3)).reshape(f.shape))
 
 
 def lookup(values: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -375,4 +430,35 @@ def codec_roundtrip(image: np.ndarray, format: str, **save_options: Any) -> np.n
         out = np.array(decoded.convert("RGB"))
     if out.shape != image.shape:
         raise RuntimeError(f"{format} round trip changed the size {image.shape} -> {out.shape}")
+    return out
+
+
+# JPEG chroma subsampling modes, as OpenCV's IMWRITE_JPEG_SAMPLING_FACTOR_* codes (luma H and V factors, then 1x1
+# chroma: 0x111111, 0x211111, 0x221111).
+JPEG_SUBSAMPLING = {"4:4:4": 0x111111, "4:2:2": 0x211111, "4:2:0": 0x221111}
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int, subsampling: str = "4:2:0") -> np.ndarray:
+    """A real baseline JPEG encode/decode (libjpeg-turbo through OpenCV): standard IJG quantisation tables scaled
+    by ``quality`` (clipped to 1..100), the given chroma subsampling, integer (ISLOW) DCT and fancy upsampling.
+
+    Pixel for pixel the same as Pillow's ``save(format="JPEG", quality=q, subsampling=...)`` and decode (both
+    drive libjpeg-turbo with the same settings; the test suite checks it), at ~2/3 of the cost: no PIL image or
+    stream objects in between."""
+    import cv2
+
+    if subsampling not in JPEG_SUBSAMPLING:
+        raise ValueError(f"JPEG subsampling must be one of {sorted(JPEG_SUBSAMPLING)}, got {subsampling!r}")
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(np.clip(quality, 1, 100)),
+              cv2.IMWRITE_JPEG_SAMPLING_FACTOR, JPEG_SUBSAMPLING[subsampling]]
+    ok, encoded = cv2.imencode(".jpg", bgr, params)
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to JPEG-encode an image of shape {image.shape}")
+    if hasattr(cv2, "IMREAD_COLOR_RGB"):  # OpenCV >= 4.10 decodes straight to RGB
+        out = cv2.imdecode(encoded, cv2.IMREAD_COLOR_RGB)
+    else:
+        out = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    if out is None or out.shape != image.shape:
+        raise RuntimeError(f"JPEG round trip changed the size {image.shape} -> {getattr(out, 'shape', None)}")
     return out

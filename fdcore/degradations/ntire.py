@@ -16,19 +16,17 @@ from fdcore.degradations.base import (
     LeveledDegrader,
     apply_lut,
     blur_separable,
-    codec_roundtrip,
     convolve2d,
     disk_kernel,
     gaussian_kernel1d,
     in_strips,
-    lab_to_srgb,
-    lookup,
+    jpeg_roundtrip,
     luma,
     normal_sampler,
     random_count,
+    relight_lab,
     rint_uint8,
     shift_bilinear,
-    srgb_to_lab,
     tone_curve_table,
 )
 
@@ -143,15 +141,15 @@ class ColorSaturation(NtireDegrader):
         factor = self.parameter(severity)
         red, green, blue = cv2.split(image)
         value = cv2.max(cv2.max(red, green), blue)
-        # f * c + (1 - f) * max, rounded and saturated by OpenCV, one uint8 plane at a time.
-        return cv2.merge([cv2.addWeighted(plane, factor, value, 1.0 - factor, 0.0) for plane in (red, green, blue)])
+        # f * c + (1 - f) * max, rounded and saturated by OpenCV in one pass over the interleaved image.
+        return cv2.addWeighted(image, factor, cv2.merge([value, value, value]), 1.0 - factor, 0.0).reshape(image.shape)
 
 
 class Jpeg(NtireDegrader):
-    """A real JPEG encode/decode through libjpeg (Pillow), 4:2:0 chroma subsampling."""
+    """A real JPEG encode/decode through libjpeg-turbo (standard IJG tables), 4:2:0 chroma subsampling."""
 
     name = "jpeg"
-    description = "JPEG compression with libjpeg (Pillow), quality 43/36/24/7/4, 4:2:0 chroma"
+    description = "JPEG compression with libjpeg-turbo, quality 43/36/24/7/4, 4:2:0 chroma"
     category = "compression"
     group = "jpeg"
     levels = (43, 36, 24, 7, 4)
@@ -162,7 +160,7 @@ class Jpeg(NtireDegrader):
         return {"quality": int(self.parameter(severity))}
 
     def apply(self, image, severity, rng):
-        return codec_roundtrip(image, "JPEG", quality=int(self.parameter(severity)), subsampling="4:2:0")
+        return jpeg_roundtrip(image, int(self.parameter(severity)), "4:2:0")
 
 
 class WhiteNoise(NtireDegrader):
@@ -238,14 +236,12 @@ class _ToneChange(NtireDegrader):
         rgb_table = np.ascontiguousarray(table[codes])
 
         def strip(pixels):
-            lab = srgb_to_lab(pixels)
-            lab[..., 0] = np.float32(100.0) * lookup(lab[..., 0] * np.float32(0.01), table)
-            out = lab_to_srgb(lab)
-            out += cv2.LUT(pixels, rgb_table)
-            out *= np.float32(127.5)
-            return rint_uint8(out)
+            # 255 * (Lab branch + RGB branch) / 2, rounded and saturated to uint8 by OpenCV in the same pass.
+            return cv2.addWeighted(relight_lab(pixels, table), 127.5, cv2.LUT(pixels, rgb_table), 127.5, 0.0,
+                                   dtype=cv2.CV_8U)
 
-        return in_strips(image, strip)
+        # strips of ~64k pixels: the float temporaries of the colour-space round trip stay in cache
+        return in_strips(image, strip, rows=max(1, 65536 // image.shape[1]))
 
 
 class Brighten(_ToneChange):

@@ -179,25 +179,38 @@ class ColorBleed(LeveledDegrader):
         return {"bleed_px": width, "delay_px": int(round(width / 4.0))}
 
     def apply(self, image, severity, rng):
-        from scipy import ndimage
+        import cv2
 
         bleed = self.parameter(severity)
-        delay = int(round(bleed / 4.0))
-        pixels = image.astype(np.float32)
-        y = luma(pixels)
-        cb = (pixels[..., 2] - y) * np.float32(0.564)
-        cr = (pixels[..., 0] - y) * np.float32(0.713)
+        height, width = image.shape[:2]
+        delay = min(int(round(bleed / 4.0)), width)
         size = max(1, int(round(bleed)))
-        chroma = np.stack([cb, cr])
-        chroma = ndimage.uniform_filter1d(chroma, size, axis=2, mode="nearest")
-        if delay:
-            chroma = np.concatenate([np.repeat(chroma[:, :, :1], delay, axis=2), chroma[:, :, :-delay]], axis=2)
-            chroma = chroma[:, :, :image.shape[1]]
-        cb, cr = chroma
-        out = np.stack([y + np.float32(1.403) * cr,
-                        y - np.float32(0.344) * cb - np.float32(0.714) * cr,
-                        y + np.float32(1.773) * cb], axis=-1)
-        return rint_uint8(out)
+        pixels = image.astype(np.float32)
+        # One plane at a time with OpenCV (a 3->1 colour transform is a single vectorised pass; numpy's strided
+        # channel arithmetic and a 1-D uniform filter cost ~4x more at 512²).
+        y = cv2.transform(pixels, _LUMA_FROM_RGB).reshape(height, width)
+        smeared = []
+        for row in (_CB_FROM_RGB, _CR_FROM_RGB):
+            plane = cv2.transform(pixels, row).reshape(height, width)
+            # horizontal box over [x - size//2, x + (size-1)//2], replicated edges
+            plane = cv2.blur(plane, (size, 1), borderType=cv2.BORDER_REPLICATE).reshape(height, width)
+            if delay:  # delayed right; the first column's chroma fills the start
+                plane = cv2.copyMakeBorder(plane[:, :width - delay], 0, 0, delay, 0,
+                                           cv2.BORDER_REPLICATE).reshape(height, width)
+            smeared.append(plane)
+        cb, cr = smeared
+        # R = y + 1.403 cr, G = y - 0.344 cb - 0.714 cr, B = y + 1.773 cb, rounded and saturated by OpenCV.
+        red = cv2.addWeighted(y, 1.0, cr, 1.403, 0.0, dtype=cv2.CV_8U)
+        green = cv2.addWeighted(cv2.scaleAdd(cb, -0.344, y), 1.0, cr, -0.714, 0.0, dtype=cv2.CV_8U)
+        blue = cv2.addWeighted(y, 1.0, cb, 1.773, 0.0, dtype=cv2.CV_8U)
+        return cv2.merge([red, green, blue]).reshape(image.shape)
+
+
+# Analog YCbCr (BT.601 luma; Cb = 0.564 (B - Y), Cr = 0.713 (R - Y)) as 1x3 rows, for ColorBleed.
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_LUMA_FROM_RGB = _LUMA_WEIGHTS[None, :]
+_CB_FROM_RGB = (np.float32(0.564) * (np.array([0, 0, 1], np.float32) - _LUMA_WEIGHTS))[None, :]
+_CR_FROM_RGB = (np.float32(0.713) * (np.array([1, 0, 0], np.float32) - _LUMA_WEIGHTS))[None, :]
 
 
 class Fading(LeveledDegrader):

@@ -1,5 +1,6 @@
 """Extended compression operators: JPEG variants and chains, JPEG 2000, WebP, banding and palettes
-(category ``compression``). Every codec is a real encoder/decoder (libjpeg, OpenJPEG, libwebp through Pillow).
+(category ``compression``). Every codec is a real encoder/decoder (libjpeg-turbo through OpenCV; OpenJPEG and
+libwebp through Pillow).
 
 The NTIRE ``jpeg`` and ``quantization`` live in ``ntire.py``.
 """
@@ -8,15 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fdcore.degradations._common import jpeg2000_roundtrip, level_value, require_codec, resize
-from fdcore.degradations.base import LeveledDegrader, apply_lut, codec_roundtrip
-
-# Pillow's ``subsampling`` codes.
-SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
-
-
-def jpeg_roundtrip(image: np.ndarray, quality: int, subsampling: str = "4:2:0") -> np.ndarray:
-    return codec_roundtrip(image, "JPEG", quality=int(np.clip(quality, 1, 100)), subsampling=SUBSAMPLING[subsampling])
+from fdcore.degradations._common import JPEG2000_SETTINGS, jpeg2000_roundtrip, level_value, require_codec, resize
+from fdcore.degradations.base import JPEG_SUBSAMPLING as SUBSAMPLING
+from fdcore.degradations.base import LeveledDegrader, apply_lut, codec_roundtrip, jpeg_roundtrip
 
 
 class JpegSubsampling(LeveledDegrader):
@@ -77,17 +72,17 @@ class DoubleJpeg(LeveledDegrader):
 
 
 class Jpeg2000(LeveledDegrader):
-    """JPEG 2000 (OpenJPEG through Pillow, irreversible 9/7 wavelet) at compression ratio 20/40/80/160/300
-    over raw 24-bit RGB: blur and ringing instead of blocks."""
+    """JPEG 2000 (OpenJPEG through Pillow, irreversible 9/7 wavelet, ICT colour transform) at compression ratio
+    20/40/80/160/300 over raw 24-bit RGB: blur and ringing instead of blocks."""
 
     name = "jpeg2000"
-    description = "JPEG 2000 (OpenJPEG), compression ratio 20/40/80/160/300, irreversible 9/7 wavelet"
+    description = "JPEG 2000 (OpenJPEG), compression ratio 20/40/80/160/300, irreversible 9/7 wavelet, YCbCr (ICT)"
     category = "compression"
     levels = (20.0, 40.0, 80.0, 160.0, 300.0)
     identity = 1.0
 
     def parameters(self, severity):
-        return {"compression_ratio": self.parameter(severity)}
+        return {"compression_ratio": self.parameter(severity), **JPEG2000_SETTINGS}
 
     def apply(self, image, severity, rng):
         return jpeg2000_roundtrip(self.name, image, self.parameter(severity))
@@ -194,7 +189,7 @@ class JpegJpeg2000Chain(LeveledDegrader):
     ratios = (10.0, 20.0, 40.0, 80.0, 150.0)
 
     def parameters(self, severity):
-        return {"jpeg_quality": self.parameter(severity), "jpeg2000_ratio": self._ratio(severity)}
+        return {"jpeg_quality": self.parameter(severity), "jpeg2000_ratio": self._ratio(severity), **JPEG2000_SETTINGS}
 
     def _ratio(self, severity):
         return level_value(severity, 1.0, self.ratios)

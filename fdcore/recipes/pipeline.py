@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from fdcore.data.sources import label_counts
 from fdcore.training import TrainingError, environment_record
 
 # Keys that may differ when resuming a run: they change how fast it goes, not what it computes.
@@ -24,7 +25,9 @@ def resolve_resume(config: dict, output_dir: Path) -> dict:
             raise TrainingError(f"nothing to resume: {record} does not exist (start a run with --output-dir "
                                 f"{output_dir} first)")
         saved = json.loads(record.read_text())["config"]
-        resumed = {**saved, **{key: config[key] for key in RESUME_MAY_CHANGE}}
+        # Options added to the recipe after the run started take their defaults (or this invocation's values).
+        resumed = {**{key: value for key, value in config.items() if key not in saved}, **saved,
+                   **{key: config[key] for key in RESUME_MAY_CHANGE}}
         return resumed
     if record.is_file():
         raise TrainingError(f"{output_dir} already holds a training run; pass --resume to continue it, or choose "
@@ -42,12 +45,19 @@ class TrainingData:
     train: Any
     validation: Any
 
+    @property
+    def streaming(self) -> bool:
+        return not hasattr(self.train, "__len__")
+
     def summary(self) -> str:
         counts = self.spec.counts
         train = counts.get("mixed", {})
         validation = counts.get("validation", {})
-        return (f"train {train.get('rows')} images ({train.get('fake', '?')} AI-generated), validation "
-                f"{validation.get('rows')} images ({validation.get('fake', '?')} AI-generated)")
+        held_out = (f"validation {validation.get('rows')} images ({validation.get('fake', '?')} AI-generated)"
+                    if validation.get("rows") is not None else "no validation split")
+        if self.streaming:
+            return f"train streamed, {held_out}"
+        return f"train {train.get('rows')} images ({train.get('fake', '?')} AI-generated), {held_out}"
 
     def to_dict(self) -> dict:
         return {"spec": self.spec.to_dict(), "counts": self.spec.counts}
@@ -57,15 +67,56 @@ def load_data(config: dict) -> TrainingData:
     from fdcore.data import ValidationSpec, resolve_data_spec
 
     spec = resolve_data_spec(config["data"], seed=config["seed"])
+    streaming = spec.streaming or any(source.streaming for source in spec.sources)
+    if streaming:
+        check_streaming_options(config, has_validation_source=bool(config["validation"] or spec.validation))
     if config["validation"]:
         spec.validation = ValidationSpec(data=resolve_data_spec(config["validation"], seed=config["seed"]))
-    elif spec.validation is None and config["validation_fraction"]:
+    elif spec.validation is None and config["validation_fraction"] and not streaming:
         spec.validation = ValidationSpec(fraction=config["validation_fraction"])
     train, validation = spec.load_splits()
-    if not hasattr(train, "__len__"):
-        raise TrainingError("streaming sources are not supported by the two-stage recipe yet: it needs a known "
-                            "epoch length; load the source in full or give it a non-streaming copy")
+    if hasattr(train, "__len__"):
+        return TrainingData(spec, train, validation)
+    if validation is not None and not hasattr(validation, "__len__"):
+        validation = list(validation)  # a streamed validation source: read once, evaluated every epoch
+        spec.counts["validation"] = {"rows": len(validation), **label_counts(row["label"] for row in validation)}
+    if config["shuffle_buffer"]:
+        # re-seeded every epoch by set_epoch (datasets shifts the buffer's seed by the epoch)
+        train = train.shuffle(seed=config["seed"], buffer_size=config["shuffle_buffer"])
+    if validation is None and config["validation_rows"]:
+        train, validation = hold_out_first_rows(train, config["validation_rows"])
+        spec.counts["validation"] = {"rows": len(validation), "held_out": "first rows of the stream (epoch 0)",
+                                     **label_counts(row["label"] for row in validation)}
     return TrainingData(spec, train, validation)
+
+
+def check_streaming_options(config: dict, has_validation_source: bool) -> None:
+    """A streamed training source has no length: the epoch length and the validation rows must be said."""
+    if not config["steps_per_epoch"]:
+        raise TrainingError("the training data streams, so its length is unknown: give --steps-per-epoch N (the "
+                            "optimizer steps that make one epoch)")
+    if config["validation_rows"] is None and not has_validation_source:
+        raise TrainingError("the training data streams, so no validation fraction can be held out of it: give "
+                            "--validation SOURCE, or --validation-rows K to hold out the stream's first K rows, "
+                            "or --validation-rows 0 to train without validation")
+    if config["validation_rows"] and has_validation_source:
+        raise TrainingError("--validation-rows and a validation source are two validation sets; give only one")
+
+
+def hold_out_first_rows(stream, count: int):
+    """``(training stream, validation rows)``: the first ``count`` rows the stream yields at epoch 0 (after the
+    recipe's seeded shuffle buffer, so a stream listed class by class still gives both classes) become the
+    validation set, and every row with one of their paths is filtered out of training, so the two stay disjoint
+    whatever order later epochs read the stream in."""
+    import itertools
+
+    if count < 0:
+        raise TrainingError(f"--validation-rows must be 0 or more, got {count}")
+    validation = list(itertools.islice(iter(stream), count))
+    if len(validation) < count:
+        raise TrainingError(f"--validation-rows {count}: the training stream has only {len(validation)} rows")
+    held_out = frozenset(row["path"] for row in validation)
+    return stream.filter(lambda row: row["path"] not in held_out), validation
 
 
 def build_expert(config: dict):
@@ -115,7 +166,8 @@ def training_dataset(data: TrainingData, expert, config: dict, stage: int, align
     from fdcore.data import DetectionDataset
 
     degrade = policy_degrader(config["policy"], config["seed"] + 1000 * stage, aligned)
-    return DetectionDataset(data.train, expert, degrade=degrade, views=views)
+    return DetectionDataset(data.train, expert, degrade=degrade, views=views,
+                            random_crop_seed=config["seed"] + 1000 * stage + 500)
 
 
 def loader(dataset, config: dict, sampler=None, shuffle_training: bool = True):
@@ -127,6 +179,22 @@ def loader(dataset, config: dict, sampler=None, shuffle_training: bool = True):
     return torch.utils.data.DataLoader(
         dataset, batch_size=config["batch_size"], sampler=sampler, num_workers=config["workers"],
         collate_fn=collate_samples, drop_last=sampler is not None, persistent_workers=False)
+
+
+def streaming_loader(items, data: TrainingData, config: dict, accelerator):
+    """``(StreamingTrainingSet, DataLoader)`` for a streamed training source: this process's share of every global
+    batch. Not passed through ``accelerator.prepare``, which would shard the stream a second time."""
+    from fdcore.data import collate_samples
+    from fdcore.training import StreamingTrainingSet
+
+    stream_set = StreamingTrainingSet(data.train, items, batch_size=config["batch_size"],
+                                      steps_per_epoch=config["steps_per_epoch"],
+                                      accumulation=config["gradient_accumulation"],
+                                      process_index=accelerator.process_index,
+                                      num_processes=accelerator.num_processes)
+    return stream_set, torch.utils.data.DataLoader(
+        stream_set, batch_size=stream_set.process_batch_size, num_workers=config["workers"],
+        collate_fn=collate_samples, persistent_workers=False)
 
 
 def validation_loaders(data: TrainingData, expert, config: dict) -> dict:

@@ -17,6 +17,10 @@ Launch (the script is also `fdcore train ...` and `python -m fdcore.recipes.two_
         --backbone google/siglip-so400m-patch14-384 --data ntire=/data/ntire:3 --data ditfake=/data/ditfake:1 \\
         --batch-size 128 --output-dir runs/siglip-1
 
+    # a streamed corpus (a YAML spec with `streaming: true`, or hub:ID?streaming=1): epochs are counted in steps
+    accelerate launch ... recipes/two_stage.py --expert clip --data big.yaml --steps-per-epoch 5000 \\
+        --validation val_folder --output-dir runs/clip-stream      # or --validation-rows 2000
+
     # resume after an interruption (continues mid-epoch, same results as an uninterrupted run)
     accelerate launch ... recipes/two_stage.py --output-dir runs/siglip-1 --resume
 
@@ -49,12 +53,15 @@ DEFAULTS = {
     # data
     "data": [],                     # sources: PATH, name=PATH:WEIGHT, hub:..., or one YAML data spec
     "validation": None,             # a separate validation source; default: hold out validation_fraction
-    "validation_fraction": 0.1,
+    "validation_fraction": 0.1,     # (sources loaded in full only)
+    "validation_rows": None,        # streamed training data: hold out the stream's first K rows (0: no validation)
+    "shuffle_buffer": 1000,         # streamed training data: rows in the seeded shuffle buffer (0: stream order)
     "policy": "featdistill",        # degradation policy for training ("none" to train clean)
     "validation_policy": "ntire2026-test-like",
     "workers": 2,
     # optimisation
     "epochs": 2,                    # stage 1 (the paper: 2)
+    "steps_per_epoch": None,        # optimizer steps per epoch: required for streamed data, else shortens epochs
     "stage2_epochs": 1,
     "stage": "both",                # "1", "2" or "both"
     "batch_size": 32,               # global batch (split across processes)
@@ -94,10 +101,15 @@ def parse_args(argv=None) -> dict:
                         "hub:ID, disk:PATH, or a YAML data spec")
     parser.add_argument("--validation", help="validation source (default: hold out --validation-fraction)")
     parser.add_argument("--validation-fraction", type=float)
+    parser.add_argument("--validation-rows", type=int, help="streamed training data: hold out its first K rows as "
+                        "the validation set (0: none)")
+    parser.add_argument("--shuffle-buffer", type=int, help="streamed training data: seeded shuffle buffer size "
+                        "(0: stream order)")
     parser.add_argument("--policy", help="training degradation policy (registered name, YAML file, or 'none')")
     parser.add_argument("--validation-policy", help="policy for the degraded validation pass ('none' to skip)")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--epochs", type=int, help="stage-1 epochs")
+    parser.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (required for streamed data)")
     parser.add_argument("--stage2-epochs", type=int)
     parser.add_argument("--stage", choices=["1", "2", "both"])
     parser.add_argument("--batch-size", type=int, help="global batch size")
@@ -141,6 +153,9 @@ def parse_args(argv=None) -> dict:
         config["data"] = [config["data"]]
     if not config["output_dir"]:
         parser.error("--output-dir is required")
+    for key, least in (("steps_per_epoch", 1), ("validation_rows", 0), ("shuffle_buffer", 0)):
+        if config[key] is not None and (not isinstance(config[key], int) or config[key] < least):
+            parser.error(f"--{key.replace('_', '-')} must be an integer of at least {least}, got {config[key]!r}")
     if not config["resume"]:
         if not config["expert"]:
             parser.error("--expert is required (see `fdcore list experts`)")
@@ -241,7 +256,7 @@ def training_function(config: dict) -> Path:
 def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, log) -> dict:
     """Train one stage and write ``stage_dir/expert``; resumes from ``stage_dir/checkpoints`` when present."""
     import torch
-    from accelerate.utils import set_seed
+    from accelerate.utils import send_to_device, set_seed
 
     import fdcore
     from fdcore import training
@@ -252,15 +267,24 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
     views = getattr(distiller, "needs_views", 1) if distiller else 1
     aligned = bool(distiller and distiller.needs_alignment)
     train_set = pipeline.training_dataset(data, expert, config, stage, aligned=aligned, views=views)
-    sampler = training.EpochShuffleSampler(len(train_set), seed=config["seed"])
-    train_loader = pipeline.loader(train_set, config, sampler=sampler)
+    if data.streaming:
+        stream_set, train_loader = pipeline.streaming_loader(train_set, data, config, accelerator)
+    else:
+        sampler = training.EpochShuffleSampler(len(train_set), seed=config["seed"])
+        train_loader = pipeline.loader(train_set, config, sampler=sampler)
     validation_loaders = pipeline.validation_loaders(data, expert, config)
 
     student = training.StudentWithFeatures(expert)
     extra_modules = distiller.trainable_modules() if distiller else []
     parameters = [p for module in (student, *extra_modules) for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
-    steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation"])
+    if data.streaming:
+        steps_per_epoch = config["steps_per_epoch"]
+    else:
+        steps_per_epoch = math.ceil(len(train_loader) / config["gradient_accumulation"])
+        if config["steps_per_epoch"]:
+            steps_per_epoch = min(steps_per_epoch, config["steps_per_epoch"])
+    batches_per_epoch = steps_per_epoch * config["gradient_accumulation"]
     total_steps = steps_per_epoch * epochs
     if config["max_steps"]:
         total_steps = min(total_steps, config["max_steps"])
@@ -268,8 +292,9 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: training.warmup_cosine(step, warmup, total_steps))
 
-    student, optimizer, train_loader, scheduler, *extra_modules = accelerator.prepare(
-        student, optimizer, train_loader, scheduler, *extra_modules)
+    student, optimizer, scheduler, *extra_modules = accelerator.prepare(student, optimizer, scheduler, *extra_modules)
+    if not data.streaming:
+        train_loader = accelerator.prepare(train_loader)
     validation_loaders = {name: accelerator.prepare(dl) for name, dl in validation_loaders.items()}
     if distiller is not None:
         accelerator.register_for_checkpointing(distiller)
@@ -293,14 +318,18 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
     for epoch in range(start_epoch, epochs):
         if global_step >= total_steps:
             break
-        sampler.use_epoch(epoch)
-        train_set.set_epoch(epoch)
         student.train()
         batches = train_loader
-        first_batch = 0
-        if epoch == start_epoch and skip_batches:
-            batches = accelerator.skip_first_batches(train_loader, skip_batches)
-            first_batch = skip_batches
+        first_batch = skip_batches if epoch == start_epoch else 0
+        if data.streaming:
+            stream_set.start_epoch(epoch, skip_batches=first_batch)  # skips without decoding the skipped rows
+            batches = (send_to_device(batch, accelerator.device) for batch in train_loader)
+        else:
+            sampler.use_epoch(epoch)
+            train_set.set_epoch(epoch)
+            if first_batch:
+                batches = accelerator.skip_first_batches(train_loader, first_batch)
+        epoch_steps = first_batch // config["gradient_accumulation"]
         for batch_index, batch in enumerate(batches, start=first_batch):
             with accelerator.accumulate(student):
                 if distiller is None:
@@ -319,6 +348,7 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
+            epoch_steps += 1
             if distiller is not None:
                 distiller.after_optimizer_step(accelerator.unwrap_model(student).expert, global_step, total_steps)
             if global_step % config["log_every"] == 0 or global_step == total_steps:
@@ -334,11 +364,16 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
                 accelerator.print(f"stage {stage}: stopping after {steps_this_invocation} steps as asked; "
                                   "continue with --resume")
                 raise StopRequested()
-            if global_step >= total_steps:
+            if global_step >= total_steps or batch_index + 1 >= batches_per_epoch:
                 break
+        if data.streaming and epoch_steps < steps_per_epoch and global_step < total_steps:
+            accelerator.print(f"stage {stage} epoch {epoch}: the stream ran out after {epoch_steps} of "
+                              f"{steps_per_epoch} steps; the epoch ends early (lower --steps-per-epoch to match)")
+            log.write(stage=stage, epoch=epoch, step=global_step, short_epoch_steps=epoch_steps)
         metrics = pipeline.evaluate(student, validation_loaders, accelerator)
         log.write(stage=stage, epoch=epoch, step=global_step, **metrics)
-        accelerator.print(f"stage {stage} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        accelerator.print(f"stage {stage} epoch {epoch}: " + (", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                                                              or f"{global_step} steps (no validation split)"))
         checkpoints.save(accelerator, {"stage": stage, "epoch": epoch + 1, "batch_in_epoch": 0,
                                        "global_step": global_step})
 
