@@ -135,15 +135,6 @@ def demo_experts() -> list[tuple[str, type]]:
     return [(name, cls) for name, cls in found if issubclass(cls, HFVisionExpert)]
 
 
-def _backbone_config(expert_class, size: DemoSize) -> dict:
-    """A tiny architecture at the demo's image size (patch 8, two blocks), keeping the class's config keys."""
-    config = {"hidden_size": size.hidden, "intermediate_size": size.hidden * 2, "num_hidden_layers": size.layers,
-              "num_attention_heads": 2, "patch_size": 8, "image_size": size.image_size}
-    if expert_class.pooled_dim_key != "hidden_size":
-        config[expert_class.pooled_dim_key] = size.hidden
-    return config
-
-
 def run_demo(out: Path, size_name: str = "full", seed: int = 0, echo=print) -> dict:
     """Build data, train two experts, assemble, predict and evaluate; returns the headline numbers and paths."""
     from fdcore.ensemble import write_ensemble
@@ -180,7 +171,9 @@ def run_demo(out: Path, size_name: str = "full", seed: int = 0, echo=print) -> d
              f"epochs), stage 2 dense self-distillation ({size.stage2_epochs} epoch), featdistill degradations")
         config_path = out / "runs" / f"{kind}_backbone.json"
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(json.dumps(_backbone_config(expert_class, size), indent=2))
+        architecture = expert_class.small_architecture(size.hidden, size.layers, heads=2, patch_size=8,
+                                                       image_size=size.image_size, mlp_ratio=2)
+        config_path.write_text(json.dumps(architecture, indent=2))
         config = {**DEFAULTS, "expert": kind, "init": "random", "backbone_config": str(config_path),
                   "data": [str(train_dir)], "output_dir": str(out / "runs" / kind), "epochs": size.stage1_epochs,
                   "stage2_epochs": size.stage2_epochs, "batch_size": 16, "lr": 1e-3, "warmup_fraction": 0.1,

@@ -260,14 +260,27 @@ def read_verified(path: Path, expected: dict | None) -> bytes:
 def snapshot_verified(path: Path, expected: dict | None) -> FileSnapshot:
     """:func:`read_verified`, but the checked bytes are kept as a :class:`FileSnapshot` (no second copy to parse)."""
     path = _check_present_with_size(path, expected)
+    if expected is None:
+        return snapshot_file(path)
+    return snapshot_checked(path, expected["size_bytes"], [(expected["sha256"], "manifest")], ExpertFormatError,
+                            lambda actual, wanted, _: f"{path} SHA-256 {actual} does not match its manifest ({wanted}): "
+                                                      "the file is corrupt or was modified; re-download or re-export it")
+
+
+def snapshot_checked(path: Path, size_bytes: int | None, digests: list[tuple[str, str]], error: type[Exception],
+                     mismatch: Callable[[str, str, str], str]) -> FileSnapshot:
+    """A sealed snapshot of ``path`` whose size and every ``(expected digest, where it comes from)`` were checked on
+    the snapshotted bytes themselves; ``mismatch(actual, expected, origin)`` words the refusal."""
     snapshot = snapshot_file(path)
-    if expected is not None and (snapshot.size != expected["size_bytes"] or snapshot.sha256 != expected["sha256"]):
+    try:
+        if size_bytes is not None and snapshot.size != size_bytes:
+            raise error(f"{path} changed while being read; try again")
+        for expected, origin in digests:
+            if snapshot.sha256 != expected:
+                raise error(mismatch(snapshot.sha256, expected, origin))
+    except BaseException:
         snapshot.close()
-        if snapshot.size != expected["size_bytes"]:
-            raise ExpertFormatError(f"{path} changed while being read; try again")
-        raise ExpertFormatError(f"{path} SHA-256 {snapshot.sha256} does not match its manifest "
-                                f"({expected['sha256']}): the file is corrupt or was modified; re-download or "
-                                "re-export it")
+        raise
     return snapshot
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from fdcore.errors import FdcoreError
-from fdcore.expert_io import MANIFEST_FILE, ExpertFormatError, FileSnapshot, read_manifest, snapshot_file
+from fdcore.expert_io import MANIFEST_FILE, ExpertFormatError, FileSnapshot, read_manifest, snapshot_checked
 
 RELEASE_FILE = re.compile(r"^Expert_(?P<index>[0-9]+)_(?P<tag>[A-Za-z0-9][A-Za-z0-9_-]*)\.pth$")
 SOURCE_FORMAT = "featdistill-release"
@@ -162,19 +162,10 @@ def snapshot_verified(path: Path, size_bytes: int | None, digests: list[tuple[st
     if size_bytes is not None and path.stat().st_size != size_bytes:
         raise FeatDistillReleaseError(f"{path} has {path.stat().st_size} bytes but its manifest says {size_bytes}: "
                                       "truncated or replaced; download it again")
-    snapshot = snapshot_file(path)
-    try:
-        if size_bytes is not None and snapshot.size != size_bytes:
-            raise FeatDistillReleaseError(f"{path} changed while being read; try again")
-        for expected, origin in digests:
-            if snapshot.sha256 != expected:
-                raise FeatDistillReleaseError(
-                    f"{path} SHA-256 {snapshot.sha256} does not match the {origin} hash {expected}: the file is "
-                    "corrupt or was modified; download it again from the release")
-    except BaseException:
-        snapshot.close()
-        raise
-    return snapshot
+    return snapshot_checked(path, size_bytes, digests, FeatDistillReleaseError,
+                            lambda actual, expected, origin: f"{path} SHA-256 {actual} does not match the {origin} "
+                                                             f"hash {expected}: the file is corrupt or was modified; "
+                                                             "download it again from the release")
 
 
 _ZIP_MAGIC = b"PK\x03\x04"

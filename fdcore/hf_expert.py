@@ -222,6 +222,17 @@ class HFVisionExpert(Expert):
         return model.float()
 
     @classmethod
+    def small_architecture(cls, hidden: int, layers: int, heads: int, patch_size: int, image_size: int,
+                           mlp_ratio: int = 4) -> dict:
+        """A ``backbone_config`` for a small from-scratch model of this class's architecture (the demo, the
+        miniature reproduction), keeping the pooled output as wide as the blocks."""
+        config = {"hidden_size": hidden, "intermediate_size": mlp_ratio * hidden, "num_hidden_layers": layers,
+                  "num_attention_heads": heads, "patch_size": patch_size, "image_size": image_size}
+        if cls.pooled_dim_key != "hidden_size":
+            config[cls.pooled_dim_key] = hidden
+        return config
+
+    @classmethod
     def tiny_config(cls) -> dict:
         """Constructor kwargs for a tiny random-weight instance (tests, smoke runs): no download."""
         return {"backbone_config": dict(cls.tiny_architecture), "seed": 0}

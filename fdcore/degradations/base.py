@@ -332,16 +332,21 @@ def linear_to_srgb(values: np.ndarray) -> np.ndarray:
 
 def srgb_to_lab(image: np.ndarray) -> np.ndarray:
     """sRGB HxWx3 (uint8, or float in [0, 1]) -> CIE Lab float32 (L in [0, 100], D65)."""
-    import cv2
-
-    xyz = cv2.transform(srgb_to_linear(image), _XYZN_FROM_LINEAR)
-    # f(t) = t^(1/3) above delta^3 and its tangent line 2 delta / 3 + t / (3 delta^2) below.
-    f = _power_with_linear_toe(xyz, _LAB_DELTA ** 3, 1 / 3, 1.0, 0.0, 1 / (3 * _LAB_DELTA ** 2))
+    f = _lab_f(image)
     lab = np.empty_like(f)
     lab[..., 0] = f[..., 1] * np.float32(116.0) - np.float32(16.0)
     lab[..., 1] = (f[..., 0] - f[..., 1]) * np.float32(500.0)
     lab[..., 2] = (f[..., 1] - f[..., 2]) * np.float32(200.0)
     return lab
+
+
+def _lab_f(image: np.ndarray) -> np.ndarray:
+    """sRGB HxWx3 -> the Lab companding values (f(X/Xn), f(Y), f(Z/Zn)), float32."""
+    import cv2
+
+    xyz = cv2.transform(srgb_to_linear(image), _XYZN_FROM_LINEAR)
+    # f(t) = t^(1/3) above delta^3 and its tangent line 2 delta / 3 + t / (3 delta^2) below.
+    return _power_with_linear_toe(xyz, _LAB_DELTA ** 3, 1 / 3, 1.0, 0.0, 1 / (3 * _LAB_DELTA ** 2))
 
 
 def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
@@ -375,8 +380,7 @@ def relight_lab(pixels: np.ndarray, lightness_table: np.ndarray) -> np.ndarray:
     three companding values fx, fy, fz; only fy (that is L) selects the table entry."""
     import cv2
 
-    xyz = cv2.transform(srgb_to_linear(pixels), _XYZN_FROM_LINEAR)
-    f = _power_with_linear_toe(xyz, _LAB_DELTA ** 3, 1 / 3, 1.0, 0.0, 1 / (3 * _LAB_DELTA ** 2))
+    f = _lab_f(pixels)
     last = len(lightness_table) - 1
     new_fy = ((np.asarray(lightness_table, dtype=np.float64) * 100.0 + 16.0) / 116.0).astype(np.float32)
     fy = cv2.extractChannel(f, 1)
@@ -386,8 +390,8 @@ def relight_lab(pixels: np.ndarray, lightness_table: np.ndarray) -> np.ndarray:
     np.clip(position, np.float32(0.0), np.float32(last), out=position)
     shift = new_fy[position.astype(np.int32)]
     shift -= fy
-    shift3 = cv2.merge([shift, shift, shift]).reshape(f.shape)
-    return _srgb_from_lab_f(cv2.add(_single_channel(f), _single_channel(shift3)).reshape(f.shape))
+    f += cv2.merge([shift, shift, shift]).reshape(f.shape)  # f is this call's own temporary
+    return _srgb_from_lab_f(f)
 
 
 def lookup(values: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -26,8 +26,7 @@ def resolve_resume(config: dict, output_dir: Path) -> dict:
                                 f"{output_dir} first)")
         saved = json.loads(record.read_text())["config"]
         # Options added to the recipe after the run started take their defaults (or this invocation's values).
-        resumed = {**{key: value for key, value in config.items() if key not in saved}, **saved,
-                   **{key: config[key] for key in RESUME_MAY_CHANGE}}
+        resumed = {**config, **saved, **{key: config[key] for key in RESUME_MAY_CHANGE}}
         return resumed
     if record.is_file():
         raise TrainingError(f"{output_dir} already holds a training run; pass --resume to continue it, or choose "

@@ -40,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from fdcore.demo import demo_experts as architectures  # every installed transformer expert
 from fdcore.errors import FdcoreError
 
 HELDOUT_FRACTION = 0.2
@@ -118,21 +119,6 @@ def split_manifest(data_dir: Path, out_dir: Path, seed: int, max_per_class: int 
 
 # ------------------------------------------------------------------------------------------------------- training
 
-def architectures() -> list[tuple[str, type]]:
-    """Every installed transformer expert (with the standard plugins: the CLIP and SigLIP architectures)."""
-    from fdcore.demo import demo_experts
-
-    return demo_experts()
-
-
-def backbone_config(expert_class, size: ReproductionSize) -> dict:
-    config = {"hidden_size": size.hidden, "intermediate_size": 4 * size.hidden, "num_hidden_layers": size.layers,
-              "num_attention_heads": size.heads, "patch_size": size.patch_size, "image_size": size.image_size}
-    if expert_class.pooled_dim_key != "hidden_size":
-        config[expert_class.pooled_dim_key] = size.hidden
-    return config
-
-
 def variant_name(kind: str, policy: str, stage: str) -> str:
     return f"{kind}-{'deg' if policy != 'none' else 'clean'}-{stage}"
 
@@ -165,7 +151,9 @@ def train_all(out: Path, size: ReproductionSize, seed: int, echo) -> dict[str, P
     for kind_index, (kind, expert_class) in enumerate(experts):
         config_path = out / "runs" / f"{kind}_backbone.json"
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(json.dumps(backbone_config(expert_class, size), indent=2) + "\n")
+        architecture = expert_class.small_architecture(size.hidden, size.layers, size.heads, size.patch_size,
+                                                       size.image_size)
+        config_path.write_text(json.dumps(architecture, indent=2) + "\n")
         for policy in ("none", "featdistill"):
             base = {**DEFAULTS, "expert": kind, "init": "random", "backbone_config": str(config_path),
                     "expert_options": {"resize": "crop"}, "data": [str(out / "data" / "train.csv")],
@@ -291,7 +279,8 @@ def results_markdown(results: dict) -> str:
 
 
 def run_reproduction(data_dir: Path, out: Path, size_name: str = "full", seed: int = 0, echo=print) -> dict:
-    from fdcore.training import environment_record, write_json_atomic
+    from fdcore.fileio import write_json_atomic
+    from fdcore.training import environment_record
 
     if size_name not in SIZES:
         raise ReproductionError(f"unknown --size {size_name!r}; choose one of {sorted(SIZES)}")
