@@ -36,7 +36,7 @@ from fdcore.fileio import write_json_atomic
 FORMAT_NAME = "fdcore-ensemble"
 FORMAT_VERSION = 1
 ENSEMBLE_FILE = "ensemble.json"
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FEATDISTILL_FILE = re.compile(r"^Expert_(\d+)_([A-Za-z0-9]+)\.pth$")
 
@@ -76,13 +76,27 @@ def resolve_precision(precision: str | None, device: str) -> str:
         return "fp16" if device.startswith("cuda") else "fp32"
     if precision not in PRECISIONS:
         raise EnsembleError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and not device.startswith("cpu"):
+        raise EnsembleError(f"--precision int8 runs on the CPU only (dynamic int8 linear layers); on {device} use "
+                            "fp16 or bf16, or pass --device cpu")
     return precision
 
 
 def torch_dtype(precision: str):
+    """The dtype of the weights that stay floating point and of the pixels fed to the experts."""
     import torch
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}[precision]
+
+
+def ready_for_precision(expert, precision: str):
+    """The last loading step every ensemble member goes through (one expert at a time, so that quantising never
+    holds more than one fp32 expert)."""
+    if precision != "int8":
+        return expert
+    from fdcore.int8 import quantize_int8
+
+    return quantize_int8(expert)
 
 
 def _sha256_json(data: Any) -> str:
@@ -401,7 +415,8 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
         path: a directory with ``ensemble.json``, with ``expert.json`` (a one-expert ensemble), or with
             ``Expert_<n>_<tag>.pth`` files (FeatDistill release: mean of the experts' P(fake)).
         device: ``auto`` (GPU when visible), ``cpu`` or ``cuda``.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (default fp32 on CPU, fp16 on GPU); weights are cast to it.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (default fp32 on CPU, fp16 on GPU): weights are cast to it;
+            ``int8`` (CPU only): linear layers dynamically quantised, see :mod:`fdcore.int8`.
         skip_hash_check: load a FeatDistill release that has no manifest.json (the identity still hashes the
             bytes that were loaded).
         expert_config: FeatDistill releases only: ``{file tag: constructor kwargs}`` for checkpoints whose
@@ -421,7 +436,7 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
         members = []
         for spec in document["experts"]:
             expert_dir = directory / spec["path"]
-            expert = load_expert(expert_dir, device=device, dtype=dtype)
+            expert = ready_for_precision(load_expert(expert_dir, device=device, dtype=dtype), precision)
             members.append(Member(spec["name"], expert, spec["weight"], expert_identity(expert_dir),
                                   str(expert_dir)))
         calibration = document.get("calibration")
@@ -441,7 +456,7 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
                         card=document.get("card"), calibration=calibration_identity, calibrator=calibrator,
                         threshold=document.get("threshold"))
     if (directory / CONFIG_FILE).is_file():
-        expert = load_expert(directory, device=device, dtype=dtype)
+        expert = ready_for_precision(load_expert(directory, device=device, dtype=dtype), precision)
         member = Member(expert.name, expert, 1.0, expert_identity(directory), str(directory))
         return Ensemble([member], aggregator="mean", kind="fdcore-expert", source=str(directory.resolve()),
                         device=device, precision=precision)
@@ -456,7 +471,8 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
         for item in featdistill.iter_featdistill_release(directory, skip_hash_check=skip_hash_check, device=device,
                                                          dtype=dtype, expert_config=expert_config):
             # item.sha256 hashes the very bytes that were deserialised, verified or not.
-            members.append(Member(item.name, item.expert.to(device=device, dtype=dtype).eval(), 1.0,
+            expert = ready_for_precision(item.expert.to(device=device, dtype=dtype).eval(), precision)
+            members.append(Member(item.name, expert, 1.0,
                                   f"sha256:{item.sha256}", str(item.source.path)))
         return Ensemble(members, aggregator="mean", kind="featdistill-release", source=str(directory.resolve()),
                         device=device, precision=precision,

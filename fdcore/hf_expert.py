@@ -284,7 +284,8 @@ class HFVisionExpert(Expert):
         return [int(layer[len(FEATURE_LAYER_PREFIX):]) for layer in layers]
 
     def _encode(self, pixels: torch.Tensor, hidden_states: bool):
-        weight_dtype = self.classifier[0].weight.dtype
+        # The embedding's dtype, not a linear layer's: int8-quantised linear layers have no float weight tensor.
+        weight_dtype = next(self.vision_encoder.parameters()).dtype
         # Weights cast to bf16 need bf16 inputs; under autocast (float32 weights) the input stays as it is.
         if pixels.is_floating_point() and pixels.dtype != weight_dtype and not torch.is_autocast_enabled(
                 pixels.device.type):

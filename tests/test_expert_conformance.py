@@ -3,7 +3,7 @@
 Each is built small from its ``tiny_config()`` (random weights, no download). Checked: preprocessing output,
 logits and probability shapes and dtypes, probabilities in [0, 1], determinism in eval mode, batch-size
 independence, dense feature shapes, a JSON config that rebuilds the architecture, a bit-identical save/load round
-trip, bf16 loading and CPU autocast. Also: importing the expert plugins loads neither torch nor transformers.
+trip, bf16 loading and CPU autocast, int8 dynamic quantisation (`--precision int8`). Also: importing the expert plugins loads neither torch nor transformers.
 """
 
 import json
@@ -97,6 +97,23 @@ def test_config_and_save_load_round_trip_is_bit_identical(name, tmp_path):
     for probabilities in (from_bf16, autocast):
         assert probabilities.dtype == torch.float32
         torch.testing.assert_close(probabilities, reference, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_int8_quantised_expert_stays_close_to_fp32(name, tmp_path):
+    from fdcore.int8 import quantize_int8
+
+    _, expert, pixels = _tiny(name)
+    fdcore.save_expert(expert, tmp_path / name)
+    quantised = quantize_int8(fdcore.load_expert(tmp_path / name))
+    assert not any(type(module) is torch.nn.Linear for module in quantised.modules())
+    assert any(type(module).__name__ == "Int8Linear" for module in quantised.modules())
+    with torch.no_grad():
+        reference = expert.probabilities(pixels)
+        probabilities = quantised.probabilities(pixels)
+        assert torch.equal(probabilities, quantised.probabilities(pixels))
+    assert probabilities.dtype == torch.float32 and probabilities.shape == reference.shape
+    torch.testing.assert_close(probabilities, reference, atol=0.02, rtol=0)
 
 
 def test_importing_expert_plugins_loads_neither_torch_nor_transformers():

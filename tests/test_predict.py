@@ -15,7 +15,7 @@ from PIL import Image
 import fdcore
 import predict_corpus as corpus
 from conftest import fdcore_command
-from fdcore.ensemble import Ensemble, EnsembleError, Member, load_ensemble, write_ensemble
+from fdcore.ensemble import Ensemble, EnsembleError, Member, load_ensemble, resolve_precision, write_ensemble
 from fdcore.errors import FdcoreError
 from fdcore.predict import EXIT_COMPLETE, EXIT_PARTIAL, PredictOptions, run_predict
 
@@ -260,6 +260,13 @@ def test_ensemble_format_validation(toy_ensemble, tmp_path):
     assert next(bf16.members[0].expert.parameters()).dtype == torch.bfloat16
     image = Image.fromarray(corpus.photo(1))
     assert abs(float(bf16.predict_pil([image])[0]) - float(both.predict_pil([image])[0])) < 0.02
+    int8 = load_ensemble(toy_ensemble, device="cpu", precision="int8")
+    assert int8.precision == "int8" and not any(type(module) is torch.nn.Linear
+                                                 for member in int8.members for module in member.expert.modules())
+    assert abs(float(int8.predict_pil([image])[0]) - float(both.predict_pil([image])[0])) < 0.02
+    assert int8.identity == both.identity  # the same weights; the precision is recorded beside the identity
+    with pytest.raises(EnsembleError, match="CPU only"):
+        resolve_precision("int8", "cuda")
 
 
 def _registered_experts():

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from fdcore.ensemble import PRECISIONS
+
 
 def _variant_options(function):
     options = [
@@ -22,7 +24,7 @@ def _variant_options(function):
                      help="Score a seeded, label-stratified subset of this many images."),
         click.option("--aggregator", default=None, help="Fusion rule (default: the ensemble's)."),
         click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
-        click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
+        click.option("--precision", default=None, type=click.Choice(PRECISIONS),
                      help="Default fp32 on CPU, fp16 on GPU."),
         click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1)),
         click.option("--workers", default=2, show_default=True, type=click.IntRange(0)),

@@ -189,6 +189,12 @@ class DataSpec:
             raise DataError(f"seed must be a non-negative integer, got {self.seed!r}")
 
     @property
+    def streams(self) -> bool:
+        """Whether the training data loads as an IterableDataset: some source streams (its own setting, else the
+        spec's)."""
+        return any(self.streaming if source.streaming is None else source.streaming for source in self.sources)
+
+    @property
     def probabilities(self) -> list[float]:
         total = sum(source.weight for source in self.sources)
         return [source.weight / total for source in self.sources]

@@ -68,10 +68,14 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 SEVERITY_MEASURES = ("psnr", "output_area", "none")
 
 
+# BT.601 luma weights of R, G, B.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+
 def luma(image: np.ndarray) -> np.ndarray:
     """BT.601 luma of a float HxWx3 image (same scale as the input), HxW float32."""
-    return (image[..., 0] * np.float32(0.299) + image[..., 1] * np.float32(0.587)
-            + image[..., 2] * np.float32(0.114)).astype(np.float32, copy=False)
+    red, green, blue = LUMA_WEIGHTS.astype(np.float32)
+    return (image[..., 0] * red + image[..., 1] * green + image[..., 2] * blue).astype(np.float32, copy=False)
 
 
 def gaussian_kernel1d(sigma: float, size: int | None = None) -> np.ndarray:

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from fdcore.degradations.base import LeveledDegrader, apply_lut, luma, rint_uint8, tone_curve_table
+from fdcore.degradations.base import LUMA_WEIGHTS, LeveledDegrader, apply_lut, luma, rint_uint8, tone_curve_table
 
 
 class ToneCurve(LeveledDegrader):
@@ -138,7 +138,7 @@ class ColorCast(LeveledDegrader):
         angle = rng.uniform(0.0, 2.0 * math.pi)
         temperature, tint = math.cos(angle), math.sin(angle)
         direction = np.array([temperature, tint, -temperature])
-        direction -= np.dot([0.299, 0.587, 0.114], direction)
+        direction -= np.dot(LUMA_WEIGHTS, direction)
         gains = np.exp(self.parameter(severity) * direction)
         return apply_lut(image, gains[:, None] * np.arange(256)[None, :])
 
@@ -207,10 +207,9 @@ class ColorBleed(LeveledDegrader):
 
 
 # Analog YCbCr (BT.601 luma; Cb = 0.564 (B - Y), Cr = 0.713 (R - Y)) as 1x3 rows, for ColorBleed.
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_LUMA_FROM_RGB = _LUMA_WEIGHTS[None, :]
-_CB_FROM_RGB = (np.float32(0.564) * (np.array([0, 0, 1], np.float32) - _LUMA_WEIGHTS))[None, :]
-_CR_FROM_RGB = (np.float32(0.713) * (np.array([1, 0, 0], np.float32) - _LUMA_WEIGHTS))[None, :]
+_LUMA_FROM_RGB = LUMA_WEIGHTS.astype(np.float32)[None, :]
+_CB_FROM_RGB = (np.float32(0.564) * (np.array([0, 0, 1], np.float32) - _LUMA_FROM_RGB[0]))[None, :]
+_CR_FROM_RGB = (np.float32(0.713) * (np.array([1, 0, 0], np.float32) - _LUMA_FROM_RGB[0]))[None, :]
 
 
 class Fading(LeveledDegrader):

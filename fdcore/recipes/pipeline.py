@@ -46,7 +46,7 @@ class TrainingData:
 
     @property
     def streaming(self) -> bool:
-        return not hasattr(self.train, "__len__")
+        return self.spec.streams
 
     def summary(self) -> str:
         counts = self.spec.counts
@@ -66,7 +66,7 @@ def load_data(config: dict) -> TrainingData:
     from fdcore.data import ValidationSpec, resolve_data_spec
 
     spec = resolve_data_spec(config["data"], seed=config["seed"])
-    streaming = spec.streaming or any(source.streaming for source in spec.sources)
+    streaming = spec.streams
     if streaming:
         check_streaming_options(config, has_validation_source=bool(config["validation"] or spec.validation))
     if config["validation"]:
@@ -74,7 +74,7 @@ def load_data(config: dict) -> TrainingData:
     elif spec.validation is None and config["validation_fraction"] and not streaming:
         spec.validation = ValidationSpec(fraction=config["validation_fraction"])
     train, validation = spec.load_splits()
-    if hasattr(train, "__len__"):
+    if not streaming:
         return TrainingData(spec, train, validation)
     if validation is not None and not hasattr(validation, "__len__"):
         validation = list(validation)  # a streamed validation source: read once, evaluated every epoch
