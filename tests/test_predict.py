@@ -180,6 +180,22 @@ def test_cli_user_error_exits_2_without_traceback(clean, toy_ensemble, tmp_path,
     assert "valid aggregators" in stderr and "rank-mean" in stderr
 
 
+def test_cli_int8_precision_scores_close_to_fp32_and_refuses_gpu(clean, toy_ensemble, tmp_path):
+    scores = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / precision
+        result = fdcore_command("predict", str(clean), "--ensemble", str(toy_ensemble), "--out", str(out),
+                                "--precision", precision, "--quiet", "--workers", "0")
+        assert result.returncode == EXIT_COMPLETE, result.stderr
+        assert json.loads((out / "predictions.meta.json").read_text())["precision"] == precision
+        scores[precision] = {row["image_name"]: float(row["score"]) for row in read_csv(out / "predictions.csv")}
+    assert scores["int8"].keys() == scores["fp32"].keys() and scores["fp32"]
+    assert max(abs(scores["int8"][name] - scores["fp32"][name]) for name in scores["fp32"]) < 0.02
+    refused = fdcore_command("predict", str(clean), "--ensemble", str(toy_ensemble), "--out", str(tmp_path / "gpu"),
+                             "--precision", "int8", "--device", "cuda", "--quiet")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+
+
 class NaNOnWhiteToy(fdcore.get_expert_class("toy")):
     """The toy expert, except that a pure white input gives NaN logits (a model going non-finite on one image)."""
 
