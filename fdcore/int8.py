@@ -62,6 +62,8 @@ def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
     module.eval()
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
+            # The exact type: subclasses such as MultiheadAttention's out_proj are read through ``.weight`` by
+            # their parent module, so they stay float.
             if type(child) is torch.nn.Linear:
                 setattr(parent, name, Int8Linear(child))
     for tensor in (*module.parameters(), *module.buffers()):
