@@ -91,15 +91,21 @@ def bench_operators(names, sizes, level, repeats, image_path):
     return results
 
 
-def bench_policy(policy_name, size, samples, image_path, runs: int = 1, **options) -> list[float]:
-    """Images per second of ``runs`` passes over the same ``samples`` draws: the work is identical in every pass, so
-    their spread is the machine's noise (on a shared VM, neighbours slow even this thread's CPU time)."""
+def warm_policy(policy_name, size, image_path, **options):
+    """``(policy, image)`` after five untimed applications (first-call imports and caches)."""
     from fdcore.degradations.policy import load_policy
 
     policy = load_policy(policy_name, **options)
     image = test_image(size, image_path)
     for sample in range(5):
         policy.apply(image, 0, sample)
+    return policy, image
+
+
+def bench_policy(policy_name, size, samples, image_path, runs: int = 1, **options) -> list[float]:
+    """Images per second of ``runs`` passes over the same ``samples`` draws: the work is identical in every pass, so
+    their spread is the machine's noise (on a shared VM, neighbours slow even this thread's CPU time)."""
+    policy, image = warm_policy(policy_name, size, image_path, **options)
     rates = []
     for _ in range(runs):
         start = clock()
@@ -114,7 +120,6 @@ def profile_policy(policy_name, size, samples, image_path, top=15):
     is weighted by how often the policy picks it and at which levels. Returns markdown rows (ms per image)."""
     import collections
 
-    from fdcore.degradations.policy import load_policy
     from fdcore.interfaces import Degrader
 
     totals, calls = collections.Counter(), collections.Counter()
@@ -128,10 +133,7 @@ def profile_policy(policy_name, size, samples, image_path, top=15):
             totals[self.name] += clock() - start
             calls[self.name] += 1
 
-    policy = load_policy(policy_name)
-    image = test_image(size, image_path)
-    for sample in range(5):  # warm-up, as bench_policy
-        policy.apply(image, 0, sample)
+    policy, image = warm_policy(policy_name, size, image_path)
     Degrader.__call__ = timed
     try:
         start = clock()

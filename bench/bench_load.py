@@ -54,13 +54,6 @@ def fdcore_expert_dir(single_release: Path, target: Path) -> Path:
     return target
 
 
-def warm(paths: list[Path]) -> None:
-    for path in paths:
-        with open(path, "rb") as handle:
-            while handle.read(1 << 24):
-                pass
-
-
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over from the parent through
     fork and exec, so a child of a big parent would report the parent's peak."""
@@ -108,10 +101,10 @@ def main() -> None:
 
     work = Path(args.work_dir)
     release = work / "release"
-    if not (release / "manifest.json").is_file():
-        sys.path.insert(0, str(REPO / "bench"))
-        from bench_predict import make_release
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_predict import make_release, read_into_page_cache
 
+    if not (release / "manifest.json").is_file():
         print(f"building the real-size release in {release} ...", file=sys.stderr)
         make_release(release, tiny=False, seed=0)
         (release / "bench-configs.json").write_text("{}")
@@ -119,7 +112,7 @@ def main() -> None:
     for kind, tag, file_name in CASES:
         single = single_file_release(release, file_name, work / "load" / f"release-{tag}")
         sources[kind, tag] = single if kind == "pth" else fdcore_expert_dir(single, work / "load" / f"fdcore-{tag}")
-    warm([path for source in sources.values() for path in source.iterdir() if path.is_file()])
+    read_into_page_cache([path for source in sources.values() for path in source.iterdir() if path.is_file()])
 
     results = []
     for kind, tag, _ in CASES:

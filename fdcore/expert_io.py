@@ -263,21 +263,25 @@ def snapshot_verified(path: Path, expected: dict | None) -> FileSnapshot:
     if expected is None:
         return snapshot_file(path)
     return snapshot_checked(path, expected["size_bytes"], [(expected["sha256"], "manifest")], ExpertFormatError,
-                            lambda actual, wanted, _: f"{path} SHA-256 {actual} does not match its manifest ({wanted}): "
-                                                      "the file is corrupt or was modified; re-download or re-export it")
+                            remedy="re-download or re-export it")
 
 
 def snapshot_checked(path: Path, size_bytes: int | None, digests: list[tuple[str, str]], error: type[Exception],
-                     mismatch: Callable[[str, str, str], str]) -> FileSnapshot:
+                     remedy: str) -> FileSnapshot:
     """A sealed snapshot of ``path`` whose size and every ``(expected digest, where it comes from)`` were checked on
-    the snapshotted bytes themselves; ``mismatch(actual, expected, origin)`` words the refusal."""
+    the snapshotted bytes themselves (the size also before reading, which is cheap); a mismatch raises ``error``
+    ending with ``remedy``."""
+    if size_bytes is not None and path.stat().st_size != size_bytes:
+        raise error(f"{path} has {path.stat().st_size} bytes but its manifest says {size_bytes}: truncated or "
+                    f"replaced; {remedy}")
     snapshot = snapshot_file(path)
     try:
         if size_bytes is not None and snapshot.size != size_bytes:
             raise error(f"{path} changed while being read; try again")
         for expected, origin in digests:
             if snapshot.sha256 != expected:
-                raise error(mismatch(snapshot.sha256, expected, origin))
+                raise error(f"{path} SHA-256 {snapshot.sha256} does not match the {origin} hash {expected}: the "
+                            f"file is corrupt or was modified; {remedy}")
     except BaseException:
         snapshot.close()
         raise

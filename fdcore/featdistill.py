@@ -157,17 +157,6 @@ def _expected_hashes(directory: Path, files: list[ReleaseFile], skip_hash_check:
     return checks
 
 
-def snapshot_verified(path: Path, size_bytes: int | None, digests: list[tuple[str, str]]) -> FileSnapshot:
-    """A sealed snapshot of the file, after checking its size and every expected digest (nothing is parsed here)."""
-    if size_bytes is not None and path.stat().st_size != size_bytes:
-        raise FeatDistillReleaseError(f"{path} has {path.stat().st_size} bytes but its manifest says {size_bytes}: "
-                                      "truncated or replaced; download it again")
-    return snapshot_checked(path, size_bytes, digests, FeatDistillReleaseError,
-                            lambda actual, expected, origin: f"{path} SHA-256 {actual} does not match the {origin} "
-                                                             f"hash {expected}: the file is corrupt or was modified; "
-                                                             "download it again from the release")
-
-
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -221,7 +210,8 @@ def iter_featdistill_release(directory, skip_hash_check: bool = False, device: s
     checks = _expected_hashes(directory, files, skip_hash_check, expected_sha256)
     for item in files:
         check = checks[item.path.name]
-        with snapshot_verified(item.path, check["size_bytes"], check["sha256"]) as snapshot:
+        with snapshot_checked(item.path, check["size_bytes"], check["sha256"], FeatDistillReleaseError,
+                              remedy="download it again from the release") as snapshot:
             digest, size = snapshot.sha256, snapshot.size
             state = parse_checkpoint(snapshot, item.path)
         try:

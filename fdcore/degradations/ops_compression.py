@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fdcore.degradations._common import JPEG2000_SETTINGS, jpeg2000_roundtrip, level_value, require_codec, resize
-from fdcore.degradations.base import JPEG_SUBSAMPLING as SUBSAMPLING
+from fdcore.degradations.base import JPEG_SUBSAMPLING
 from fdcore.degradations.base import LeveledDegrader, apply_lut, codec_roundtrip, jpeg_roundtrip
 
 
@@ -26,8 +26,8 @@ class JpegSubsampling(LeveledDegrader):
     integer_parameter = True
 
     def __init__(self, subsampling: str | None = None):
-        if subsampling is not None and subsampling not in SUBSAMPLING:
-            raise ValueError(f"degrader 'jpeg_subsampling': subsampling must be one of {sorted(SUBSAMPLING)}, "
+        if subsampling is not None and subsampling not in JPEG_SUBSAMPLING:
+            raise ValueError(f"degrader 'jpeg_subsampling': subsampling must be one of {sorted(JPEG_SUBSAMPLING)}, "
                              f"got {subsampling!r}")
         self.subsampling = subsampling
 
@@ -35,7 +35,7 @@ class JpegSubsampling(LeveledDegrader):
         return {"quality": self.parameter(severity)}
 
     def apply(self, image, severity, rng):
-        drawn = list(SUBSAMPLING)[int(rng.integers(0, len(SUBSAMPLING)))]
+        drawn = list(JPEG_SUBSAMPLING)[int(rng.integers(0, len(JPEG_SUBSAMPLING)))]
         return jpeg_roundtrip(image, int(self.parameter(severity)), self.subsampling or drawn)
 
 
