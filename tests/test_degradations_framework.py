@@ -447,3 +447,30 @@ def test_ntire_operators_handle_extreme_shapes(shape):
     for cls in NTIRE_OPERATORS:
         out = fdcore.degrade(image, cls.name, level=5, seed=0)
         assert out.shape == image.shape and out.dtype == np.uint8
+
+
+def test_remap_tiles_beyond_opencvs_size_limit_with_identical_pixels(monkeypatch):
+    import cv2
+
+    from fdcore.degradations import base
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    rows, cols = np.mgrid[0:90, 0:130].astype(np.float32)
+    map_x = cols + rng.normal(0, 4, cols.shape).astype(np.float32) - 3  # some samples fall outside the image
+    map_y = rows + rng.normal(0, 4, rows.shape).astype(np.float32)
+    for interpolation in (cv2.INTER_LINEAR, cv2.INTER_NEAREST):
+        whole = base.remap_any_size(image, map_x, map_y, interpolation)
+        monkeypatch.setattr(base, "_REMAP_MAX_SIDE", 64)  # pretend OpenCV's limit is 64 px: tiles of 32
+        tiled = base.remap_any_size(image, map_x, map_y, interpolation, tile=32)
+        monkeypatch.undo()
+        assert np.array_equal(whole, tiled)
+
+
+def test_images_beyond_a_codecs_size_limit_are_refused_by_name():
+    from fdcore.degradations.base import ImageTooLargeError
+
+    wide = np.zeros((2, 16400, 3), dtype=np.uint8)  # WebP stores at most 16383 px a side
+    with pytest.raises(ImageTooLargeError, match=r"degrader 'webp': WEBP cannot store a 16400x2 image"):
+        fdcore.degrade(wide, "webp", level=3)
+    assert fdcore.degrade(wide, "jpeg", level=3).shape == wide.shape  # JPEG goes to 65500

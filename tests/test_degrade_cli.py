@@ -84,6 +84,17 @@ def test_unreadable_image_is_reported_and_the_rest_is_written(image_folder, tmp_
     assert (out / "a.png").is_file() and rows["a.jpg"]["status"] == "ok"
 
 
+def test_an_operator_refusing_one_image_fails_that_image_only(image_folder, tmp_path):
+    Image.fromarray(np.zeros((400, 16400, 3), dtype=np.uint8)).save(image_folder / "panorama.png")  # over WebP's limit
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["degrade", str(image_folder), str(out), "--op", "webp"])
+    assert result.exit_code == 1 and "1 failed" in result.output
+    rows = {row["path"]: row for row in read_rows(out)}
+    assert rows["panorama.png"]["status"].startswith("error: degrade_failed: degrader 'webp': WEBP cannot store")
+    assert all(rows[name]["status"] == "ok" for name in ("a.jpg", "sub/b.png", "sub/c.webp"))
+    assert (out / "sub" / "c.png").is_file() and not (out / "panorama.png").exists()
+
+
 def test_bad_arguments_exit_2_with_a_message(image_folder, tmp_path):
     result = fdcore_command("degrade", str(image_folder), str(tmp_path / "out"), "--policy", "no-such-policy")
     assert result.returncode == 2 and "unknown policy 'no-such-policy'" in result.stderr

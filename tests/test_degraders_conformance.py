@@ -130,7 +130,9 @@ def test_severity_is_monotone(op):
     assert scores[-1] < scores[0] - 0.5, f"{op.name}: PSNR by level {scores}"
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (2, 1000), (1000, 2), (3, 5)], ids=["1x1", "2x1000", "1000x2", "3x5"])
+# 40000 px is beyond OpenCV's remap limit (32767) and WebP's (16383), within JPEG's (65500).
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1000), (1000, 2), (3, 5), (2, 40000), (40000, 2)],
+                         ids=["1x1", "2x1000", "1000x2", "3x5", "2x40000", "40000x2"])
 def test_tiny_and_thin_images(op, shape):
     image = readonly(synthetic_image(*shape))
     for severity in (0.2, 1.0):

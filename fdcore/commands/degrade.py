@@ -74,37 +74,48 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
 
     rows = []
     counts = {"written": 0, "failed": 0, "skipped": len([s for s in walked.skipped if not s.ignored])}
-    for candidate in walked.candidates:
-        target = str(Path(candidate.name).with_suffix(".png").as_posix())
-        try:
-            pixels = np.asarray(open_image_file(candidate.path).image.convert("RGB"))
-        except ImageRejected as exc:
-            counts["failed"] += 1
-            rows.append({"path": candidate.name, "output": "", "status": f"error: {exc.code}: {exc.detail}",
-                         "policy": "", "seed": seed, "branch": "", "ops": "", "record": ""})
-            echo(f"fdcore degrade: {candidate.name}: {exc.code}: {exc.detail}")
-            continue
-        if loaded_policy is not None:
-            out, record = loaded_policy.apply(pixels, seed, candidate.name)
-        else:
-            out, step_records = apply_steps(pixels, [Step(op, severity, level)], seed, candidate.name)
-            record = {"format": RECORD_FORMAT, "policy": f"op:{op}", "options": {}, "seed": seed,
-                      "sample_id": candidate.name, "branch": "single", "ops": step_records}
-        write_bytes_atomic(out_dir / target, _png_bytes(out))
-        counts["written"] += 1
-        rows.append({"path": candidate.name, "output": target, "status": "ok", "policy": record["policy"],
-                     "seed": seed, "branch": record["branch"], "ops": _ops_summary(record),
-                     "record": json.dumps(record, sort_keys=True, separators=(",", ":"))})
-    for skipped in walked.skipped:
-        if not skipped.ignored:
-            rows.append({"path": skipped.name, "output": "", "status": f"skipped: {skipped.code}: {skipped.detail}",
-                         "policy": "", "seed": seed, "branch": "", "ops": "", "record": ""})
-    rows.sort(key=lambda row: row["path"])
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_bytes_atomic(out_dir / CSV_NAME, table.getvalue().encode("utf-8"))
+
+    def failed(name: str, status: str) -> None:
+        counts["failed"] += 1
+        rows.append({"path": name, "output": "", "status": status, "policy": "", "seed": seed, "branch": "",
+                     "ops": "", "record": ""})
+        echo(f"fdcore degrade: {name}: {status}")
+
+    try:
+        for candidate in walked.candidates:
+            target = str(Path(candidate.name).with_suffix(".png").as_posix())
+            try:
+                pixels = np.asarray(open_image_file(candidate.path).image.convert("RGB"))
+            except ImageRejected as exc:
+                failed(candidate.name, f"error: {exc.code}: {exc.detail}")
+                continue
+            try:
+                if loaded_policy is not None:
+                    out, record = loaded_policy.apply(pixels, seed, candidate.name)
+                else:
+                    out, step_records = apply_steps(pixels, [Step(op, severity, level)], seed, candidate.name)
+                    record = {"format": RECORD_FORMAT, "policy": f"op:{op}", "options": {}, "seed": seed,
+                              "sample_id": candidate.name, "branch": "single", "ops": step_records}
+            except FdcoreError as exc:  # an operator refused this image (e.g. too large for its codec)
+                failed(candidate.name, f"error: degrade_failed: {exc}")
+                continue
+            write_bytes_atomic(out_dir / target, _png_bytes(out))
+            counts["written"] += 1
+            rows.append({"path": candidate.name, "output": target, "status": "ok", "policy": record["policy"],
+                         "seed": seed, "branch": record["branch"], "ops": _ops_summary(record),
+                         "record": json.dumps(record, sort_keys=True, separators=(",", ":"))})
+    finally:
+        # Written even when an unexpected error stops the run: the images already written keep their records.
+        for skipped in walked.skipped:
+            if not skipped.ignored:
+                rows.append({"path": skipped.name, "output": "", "status": f"skipped: {skipped.code}: "
+                             f"{skipped.detail}", "policy": "", "seed": seed, "branch": "", "ops": "", "record": ""})
+        rows.sort(key=lambda row: row["path"])
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_bytes_atomic(out_dir / CSV_NAME, table.getvalue().encode("utf-8"))
     return counts
 
 
@@ -195,7 +206,7 @@ def command(paths, policy, op, severity, strength, seed, preserve_alignment, she
                             options={"preserve_alignment": True} if preserve_alignment else None,
                             echo=lambda message: click.echo(message, err=True))
     click.echo(f"wrote {counts['written']} images and {out_dir / CSV_NAME}"
-               + (f"; {counts['failed']} unreadable" if counts["failed"] else "")
+               + (f"; {counts['failed']} failed (see the error rows)" if counts["failed"] else "")
                + (f"; {counts['skipped']} skipped entries" if counts["skipped"] else ""))
     if counts["failed"]:
         sys.exit(1)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fdcore.degradations.base import codec_roundtrip, rint_uint8
+from fdcore.degradations.base import codec_roundtrip, remap_any_size, rint_uint8
 from fdcore.errors import FdcoreError
 
 
@@ -144,8 +144,7 @@ def remap(image: np.ndarray, source_y: np.ndarray, source_x: np.ndarray, nearest
     height, width = np.broadcast_shapes(np.shape(source_y), np.shape(source_x))
     map_x = np.ascontiguousarray(np.broadcast_to(source_x, (height, width)), dtype=np.float32)
     map_y = np.ascontiguousarray(np.broadcast_to(source_y, (height, width)), dtype=np.float32)
-    out = cv2.remap(np.ascontiguousarray(image), map_x, map_y, cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE)
+    out = remap_any_size(np.ascontiguousarray(image), map_x, map_y, cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
     return out.reshape(height, width, *image.shape[2:])
 
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fdcore.errors import FdcoreError
 from fdcore.interfaces import Degrader
 
 
@@ -418,6 +419,45 @@ def shift_bilinear(plane: np.ndarray, dy: float, dx: float) -> np.ndarray:
     return cv2.warpAffine(source, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+# OpenCV's remap asserts that the source and the maps are under SHRT_MAX pixels on each side.
+_REMAP_MAX_SIDE = 32766
+
+
+def remap_any_size(source: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, interpolation: int,
+                   dst: np.ndarray | None = None, tile: int = 8192) -> np.ndarray:
+    """``cv2.remap`` with replicate borders for images of any size: output pixel (i, j) takes ``source`` at
+    (``map_y[i, j]``, ``map_x[i, j]``). OpenCV refuses sources or maps of 32767 px or more on a side (a 2x70000
+    strip, a panorama), so those are resampled tile by tile from the source window each output tile reads, with
+    identical pixels (the window keeps every sample the tile touches; shifting float32 coordinates by an integer
+    is exact). Writes into ``dst`` when given."""
+    import cv2
+
+    if max(source.shape[:2]) <= _REMAP_MAX_SIDE and max(map_x.shape[:2]) <= _REMAP_MAX_SIDE:
+        if dst is None:
+            return cv2.remap(source, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.remap(source, map_x, map_y, interpolation, dst=dst, borderMode=cv2.BORDER_REPLICATE)
+    height, width = source.shape[:2]
+    out_height, out_width = map_x.shape[:2]
+    out = np.empty((out_height, out_width, *source.shape[2:]), dtype=source.dtype) if dst is None else dst
+    for top in range(0, out_height, tile):
+        for left in range(0, out_width, tile):
+            tile_x = map_x[top:top + tile, left:left + tile]
+            tile_y = map_y[top:top + tile, left:left + tile]
+            # The window of source pixels the tile can read: bilinear needs floor and floor + 1; borders clamp.
+            x0 = int(np.clip(np.floor(np.nanmin(tile_x)) - 1, 0, width - 1))
+            x1 = int(np.clip(np.floor(np.nanmax(tile_x)) + 3, 1, width))
+            y0 = int(np.clip(np.floor(np.nanmin(tile_y)) - 1, 0, height - 1))
+            y1 = int(np.clip(np.floor(np.nanmax(tile_y)) + 3, 1, height))
+            if max(x1 - x0, y1 - y0) > _REMAP_MAX_SIDE:
+                raise ValueError(f"a remap reads a {y1 - y0}x{x1 - x0} px window of a {height}x{width} image, over "
+                                 f"OpenCV's {_REMAP_MAX_SIDE} px limit; use an image under {_REMAP_MAX_SIDE} px a side")
+            window = np.ascontiguousarray(source[y0:y1, x0:x1])
+            result = cv2.remap(window, tile_x - np.float32(x0), tile_y - np.float32(y0), interpolation,
+                               borderMode=cv2.BORDER_REPLICATE)
+            out[top:top + tile, left:left + tile] = result.reshape(out[top:top + tile, left:left + tile].shape)
+    return out
+
+
 def random_count(rng: np.random.Generator, expected: float) -> int:
     """An integer with the given expectation (floor plus a Bernoulli remainder), so small images and weak
     severities still get the right average number of events instead of always rounding to zero."""
@@ -425,11 +465,31 @@ def random_count(rng: np.random.Generator, expected: float) -> int:
     return whole + int(rng.random() < expected - whole)
 
 
+class ImageTooLargeError(FdcoreError, ValueError):
+    """An image beyond what a file format can store (JPEG: 65,500 px a side; WebP: 16,383 px)."""
+
+
+# Largest side each codec's format can store.
+CODEC_MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}
+
+
+def check_codec_size(image: np.ndarray, format: str) -> None:
+    """Refuse, with :class:`ImageTooLargeError`, an image the format cannot store, before encoding it: a codec
+    would fail with a library message (or, in OpenCV, print an error and return nothing)."""
+    limit = CODEC_MAX_SIDE.get(format)
+    if limit is not None and max(image.shape[:2]) > limit:
+        height, width = image.shape[:2]
+        raise ImageTooLargeError(f"{format} cannot store a {width}x{height} image (at most {limit} px a side); "
+                                 f"crop or downscale the image first, or use an operator without this codec")
+
+
 def codec_roundtrip(image: np.ndarray, format: str, **save_options: Any) -> np.ndarray:
     """Encode a uint8 RGB image with a real Pillow codec (JPEG, JPEG2000, WEBP, ...) and decode it again."""
     import io
 
     from PIL import Image
+
+    check_codec_size(image, format)
 
     buffer = io.BytesIO()
     Image.fromarray(image, "RGB").save(buffer, format=format, **save_options)
@@ -457,6 +517,7 @@ def jpeg_roundtrip(image: np.ndarray, quality: int, subsampling: str = "4:2:0") 
 
     if subsampling not in JPEG_SUBSAMPLING:
         raise ValueError(f"JPEG subsampling must be one of {sorted(JPEG_SUBSAMPLING)}, got {subsampling!r}")
+    check_codec_size(image, "JPEG")
     bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(np.clip(quality, 1, 100)),
               cv2.IMWRITE_JPEG_SAMPLING_FACTOR, JPEG_SUBSAMPLING[subsampling]]

@@ -25,6 +25,7 @@ from fdcore.degradations.base import (
     normal_sampler,
     random_count,
     relight_lab,
+    remap_any_size,
     rint_uint8,
     shift_bilinear,
     tone_curve_table,
@@ -291,8 +292,7 @@ class Jitter(NtireDegrader):
                 offsets *= std
                 map_x = offsets[0] + cols
                 map_y = offsets[1] + np.arange(start, stop, dtype=np.float32)[:, None]
-                cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, dst=target[start:stop],
-                          borderMode=cv2.BORDER_REPLICATE)
+                remap_any_size(source, map_x, map_y, cv2.INTER_LINEAR, dst=target[start:stop])
             source, target = target, source
         return rint_uint8(source)
 

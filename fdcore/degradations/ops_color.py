@@ -194,7 +194,9 @@ class ColorBleed(LeveledDegrader):
             plane = cv2.transform(pixels, row).reshape(height, width)
             # horizontal box over [x - size//2, x + (size-1)//2], replicated edges
             plane = cv2.blur(plane, (size, 1), borderType=cv2.BORDER_REPLICATE).reshape(height, width)
-            if delay:  # delayed right; the first column's chroma fills the start
+            if delay >= width:  # narrower than the delay: the first column's chroma everywhere
+                plane = np.repeat(plane[:, :1], width, axis=1)
+            elif delay:  # delayed right; the first column's chroma fills the start
                 plane = cv2.copyMakeBorder(plane[:, :width - delay], 0, 0, delay, 0,
                                            cv2.BORDER_REPLICATE).reshape(height, width)
             smeared.append(plane)
