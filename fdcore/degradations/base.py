@@ -519,7 +519,7 @@ def jpeg_roundtrip(image: np.ndarray, quality: int, subsampling: str = "4:2:0") 
         raise ValueError(f"JPEG subsampling must be one of {sorted(JPEG_SUBSAMPLING)}, got {subsampling!r}")
     check_codec_size(image, "JPEG")
     bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(np.clip(quality, 1, 100)),
+    params = [cv2.IMWRITE_JPEG_QUALITY, min(100, max(1, int(quality))),
               cv2.IMWRITE_JPEG_SAMPLING_FACTOR, JPEG_SUBSAMPLING[subsampling]]
     ok, encoded = cv2.imencode(".jpg", bgr, params)
     if not ok:
