@@ -41,14 +41,19 @@ def require_codec(operator: str, feature: str, codec: str) -> None:
 
 # JPEG 2000 codec settings recorded with every application (a change here changes outputs, so replay refuses old
 # records instead of silently reproducing something else).
-JPEG2000_SETTINGS = {"wavelet": "9/7 irreversible", "color_transform": "ICT"}
+JPEG2000_SETTINGS = {"wavelet": "9/7 irreversible", "color_transform": "ICT", "ratio_excludes_headers": True}
 
 
 def jpeg2000_roundtrip(operator: str, image: np.ndarray, compression_ratio: float) -> np.ndarray:
-    """JPEG 2000 (OpenJPEG through Pillow) at a target compression ratio over raw 24-bit RGB: irreversible 9/7
-    wavelet with the irreversible colour transform (ICT, RGB -> YCbCr), the Part-1 path that OpenJPEG's own
-    encoder and JPEG 2000 cameras and tools take for RGB images. (Coding R, G and B separately is ~15 % slower
-    and spends the bits less like a real encoder: the same share on chroma as on luma.)
+    """JPEG 2000 (OpenJPEG through Pillow) at a compression ratio over raw 24-bit RGB: irreversible 9/7 wavelet
+    with the irreversible colour transform (ICT, RGB -> YCbCr), the Part-1 path that OpenJPEG's own encoder and
+    JPEG 2000 cameras and tools take for RGB images. (Coding R, G and B separately is ~15 % slower and spends the
+    bits less like a real encoder: the same share on chroma as on luma.)
+
+    The ratio counts the coded image data, not the codestream's fixed headers (~150-190 bytes): OpenJPEG's own
+    target includes them, which leaves a 128x128 image at ratio 300 (164 bytes) no room for any data at all (a flat
+    grey or tinted square) while a 512x512 one keeps 2.4 KB. Adding the header size to the target keeps the
+    degradation's bits per pixel, and so its look, the same at every image size.
     Tiny images are padded (replicate) to the codec's minimum and cropped back."""
     require_codec(operator, "jpg_2000", "JPEG 2000 (OpenJPEG)")
     height, width = image.shape[:2]
@@ -57,9 +62,44 @@ def jpeg2000_roundtrip(operator: str, image: np.ndarray, compression_ratio: floa
     if height < 8 or width < 8:
         padded = np.pad(image, ((0, max(0, 8 - height)), (0, max(0, 8 - width)), (0, 0)), mode="edge")
     levels = int(max(1, min(5, math.floor(math.log2(min(padded.shape[:2]))) - 2)))
-    out = codec_roundtrip(padded, "JPEG2000", quality_mode="rates", quality_layers=[max(1.0, compression_ratio)],
+    raw_bytes = float(padded.size)
+    target_bytes = raw_bytes / max(1.0, compression_ratio) + _jpeg2000_header_bytes(levels)
+    out = codec_roundtrip(padded, "JPEG2000", quality_mode="rates", quality_layers=[max(1.0, raw_bytes / target_bytes)],
                           irreversible=True, mct=1, num_resolutions=levels + 1, no_jp2=True)
     return np.ascontiguousarray(out[:height, :width])
+
+
+_HEADER_BYTES: dict[int, int] = {}
+
+
+def _jpeg2000_header_bytes(levels: int) -> int:
+    """Bytes of a codestream that carry no image data with these settings: the main header, the tile-part header
+    up to its SOD marker, and EOC. They do not depend on the image size (fixed-length SIZ fields, one tile), so they
+    are measured once per level count on a small grey image and cached."""
+    if levels not in _HEADER_BYTES:
+        import io
+
+        from PIL import Image
+
+        side = 2 ** (levels + 2)
+        buffer = io.BytesIO()
+        Image.new("RGB", (side, side), (128, 128, 128)).save(
+            buffer, format="JPEG2000", quality_mode="rates", quality_layers=[1.0], irreversible=True, mct=1,
+            num_resolutions=levels + 1, no_jp2=True)
+        _HEADER_BYTES[levels] = _bytes_before_data(buffer.getvalue()) + 2  # + EOC
+    return _HEADER_BYTES[levels]
+
+
+def _bytes_before_data(codestream: bytes) -> int:
+    """Offset just past the first SOD marker of a JPEG 2000 codestream, walking the marker segments (SOC, then
+    segments with 2-byte lengths; SOT's tile-part header ends at SOD)."""
+    position = 2  # SOC
+    while position + 4 <= len(codestream):
+        marker = codestream[position:position + 2]
+        if marker == b"\xff\x93":  # SOD
+            return position + 2
+        position += 2 + int.from_bytes(codestream[position + 2:position + 4], "big")
+    raise RuntimeError("JPEG 2000 codestream without a start-of-data marker")
 
 
 def resize(image: np.ndarray, height: int, width: int, resample: str = "bicubic") -> np.ndarray:

@@ -419,6 +419,11 @@ def shift_bilinear(plane: np.ndarray, dy: float, dx: float) -> np.ndarray:
     return cv2.warpAffine(source, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+class ImageTooLargeError(FdcoreError, ValueError):
+    """An image beyond what a file format (JPEG: 65,500 px a side; WebP: 16,383 px) or a resampling window (32,766
+    px) can hold."""
+
+
 # OpenCV's remap asserts that the source and the maps are under SHRT_MAX pixels on each side.
 _REMAP_MAX_SIDE = 32766
 
@@ -449,8 +454,9 @@ def remap_any_size(source: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, int
             y0 = int(np.clip(np.floor(np.nanmin(tile_y)) - 1, 0, height - 1))
             y1 = int(np.clip(np.floor(np.nanmax(tile_y)) + 3, 1, height))
             if max(x1 - x0, y1 - y0) > _REMAP_MAX_SIDE:
-                raise ValueError(f"a remap reads a {y1 - y0}x{x1 - x0} px window of a {height}x{width} image, over "
-                                 f"OpenCV's {_REMAP_MAX_SIDE} px limit; use an image under {_REMAP_MAX_SIDE} px a side")
+                raise ImageTooLargeError(f"a resampling tile reads a {y1 - y0}x{x1 - x0} px window of a "
+                                         f"{height}x{width} image, over OpenCV's {_REMAP_MAX_SIDE} px limit; use "
+                                         f"an image under {_REMAP_MAX_SIDE} px a side")
             window = np.ascontiguousarray(source[y0:y1, x0:x1])
             result = cv2.remap(window, tile_x - np.float32(x0), tile_y - np.float32(y0), interpolation,
                                borderMode=cv2.BORDER_REPLICATE)
@@ -463,10 +469,6 @@ def random_count(rng: np.random.Generator, expected: float) -> int:
     severities still get the right average number of events instead of always rounding to zero."""
     whole = int(np.floor(expected))
     return whole + int(rng.random() < expected - whole)
-
-
-class ImageTooLargeError(FdcoreError, ValueError):
-    """An image beyond what a file format can store (JPEG: 65,500 px a side; WebP: 16,383 px)."""
 
 
 # Largest side each codec's format can store.

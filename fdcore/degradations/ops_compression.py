@@ -73,7 +73,8 @@ class DoubleJpeg(LeveledDegrader):
 
 class Jpeg2000(LeveledDegrader):
     """JPEG 2000 (OpenJPEG through Pillow, irreversible 9/7 wavelet, ICT colour transform) at compression ratio
-    20/40/80/160/300 over raw 24-bit RGB: blur and ringing instead of blocks."""
+    20/40/80/160/300 over raw 24-bit RGB (counting the coded data, not the codestream headers): blur and ringing
+    instead of blocks."""
 
     name = "jpeg2000"
     description = "JPEG 2000 (OpenJPEG), compression ratio 20/40/80/160/300, irreversible 9/7 wavelet, YCbCr (ICT)"
