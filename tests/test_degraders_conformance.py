@@ -130,6 +130,17 @@ def test_severity_is_monotone(op):
     assert scores[-1] < scores[0] - 0.5, f"{op.name}: PSNR by level {scores}"
 
 
+def test_weak_strengths_stay_close_to_the_original(op):
+    """Continuity at 0: a strength of 0.002 is nearly the identity (s = 0 is exactly it). Codecs keep a floor (JPEG
+    at quality ~100 still subsamples chroma), hence their lower bound; anything below means the operator jumps or
+    breaks at weak strengths (a disk kernel with no taps once turned images white)."""
+    if op.changes_size:
+        return
+    floor = 25.0 if op.category == "compression" else 30.0
+    for seed in (0, 1, 2):
+        assert psnr(run(op, IMAGE, 0.002, seed=seed), IMAGE) >= floor, f"{op.name} at strength 0.002, seed {seed}"
+
+
 # 40000 px is beyond OpenCV's remap limit (32767) and WebP's (16383), within JPEG's (65500).
 @pytest.mark.parametrize("shape", [(1, 1), (2, 1000), (1000, 2), (3, 5), (2, 40000), (40000, 2)],
                          ids=["1x1", "2x1000", "1000x2", "3x5", "2x40000", "40000x2"])

@@ -172,6 +172,8 @@ def disk_kernel(radius: float, supersample: int = 8) -> np.ndarray:
     inside = (coords[:, None] ** 2 + coords[None, :] ** 2) <= radius * radius
     size = 2 * half + 1
     coverage = inside.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
+    if coverage.sum() == 0:  # a disk smaller than the sub-pixel grid lies inside the centre pixel
+        coverage[half, half] = 1.0
     return (coverage / coverage.sum()).astype(np.float32)
 
 

@@ -42,7 +42,10 @@ class ToneCurve(LeveledDegrader):
 def clahe_luma(values: np.ndarray, clip_limit: float, grid: tuple[int, int] = (8, 8)) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation of a uint8 HxW plane (Zuiderveld 1994): per-tile
     histograms clipped at ``clip_limit`` times the mean bin count (excess redistributed uniformly), equalising
-    maps per tile, and bilinear interpolation of the maps between tile centres. Returns float32 on 0..255."""
+    maps per tile, and bilinear interpolation of the maps between tile centres. Returns float32 on 0..255.
+
+    The clipped height has no floor (OpenCV keeps at least one pixel per bin), so a clip limit of 0 flattens every
+    histogram and every tile map is the identity, within one level, at any tile size."""
     height, width = values.shape
     tiles_y, tiles_x = min(grid[0], height), min(grid[1], width)
     tile_of_row = (np.arange(height) * tiles_y) // height
@@ -51,7 +54,7 @@ def clahe_luma(values: np.ndarray, clip_limit: float, grid: tuple[int, int] = (8
     hist = np.bincount((tile_index * 256 + values).ravel(), minlength=tiles_y * tiles_x * 256)
     hist = hist.reshape(tiles_y * tiles_x, 256).astype(np.float64)
     area = hist.sum(axis=1, keepdims=True)
-    limit = np.maximum(clip_limit * area / 256.0, 1.0)
+    limit = clip_limit * area / 256.0
     excess = np.maximum(hist - limit, 0.0).sum(axis=1, keepdims=True)
     hist = np.minimum(hist, limit) + excess / 256.0
     maps = (np.cumsum(hist, axis=1) / area * 255.0).astype(np.float32).ravel()
@@ -79,18 +82,20 @@ def clahe_luma(values: np.ndarray, clip_limit: float, grid: tuple[int, int] = (8
 
 
 class Clahe(LeveledDegrader):
-    """CLAHE on the luma (BT.601), 8x8 tiles, clip limit 1.5/2/3/4.5/7 times the mean bin (a clip limit of 1
-    flattens every tile map to the identity). The luma change is added to R, G and B, so hue is kept."""
+    """CLAHE on the luma (BT.601), 8x8 tiles, clip limit 1.5/2/3/4.5/7 times the mean bin. A clip limit of 0 is
+    the identity (every clipped histogram is flat), so weak strengths between 0 and level 1 stay close to the
+    original. The luma change is added to R, G and B, so hue is kept."""
 
     name = "clahe"
     description = "CLAHE on luma, 8x8 tiles, clip limit 1.5/2/3/4.5/7"
     category = "color"
     levels = (1.5, 2.0, 3.0, 4.5, 7.0)
-    identity = 1.0
+    identity = 0.0
     grid = (8, 8)
 
     def parameters(self, severity):
-        return {"clip_limit": self.parameter(severity), "tiles": list(self.grid)}
+        # minimum_clip_count 0: no one-pixel floor on the clip height (records made with the floor are refused)
+        return {"clip_limit": self.parameter(severity), "tiles": list(self.grid), "minimum_clip_count": 0}
 
     def apply(self, image, severity, rng):
         pixels = image.astype(np.float32)
