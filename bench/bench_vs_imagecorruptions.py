@@ -8,7 +8,8 @@ dependency and needs two shims to import on current Python packages, both confin
 
     python3 -m venv bench/.venv-bench
     bench/.venv-bench/bin/pip install -e . albumentations==2.0.8 imagecorruptions==1.1.2 "setuptools<70"
-    bench/.venv-bench/bin/python bench/bench_vs_imagecorruptions.py --json bench/results/degradations-vs-imagecorruptions.json
+    bench/.venv-bench/bin/python bench/bench_vs_imagecorruptions.py \
+        --json bench/results/degradations-vs-imagecorruptions.json
 
 (``setuptools<70`` brings back ``pkg_resources``, which imagecorruptions imports; pip then warns that torch asks for
 a newer setuptools, which torch does not need at run time.) Three corruptions fail inside imagecorruptions on
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
     only = {name.strip() for name in args.ops.split(",") if name.strip()}
     results = run(sizes, args.repeats, args.level, only, args.image)
     print(f"<!-- {platform.processor() or platform.machine()}, python {platform.python_version()}, imagecorruptions "
-          f"1.1.2, level {args.level} on both sides, median CPU time of >= {args.repeats} alternating calls, 1 thread -->")
+          f"1.1.2, level {args.level} on both sides, median CPU time of >= {args.repeats} alternating calls, "
+          "1 thread -->")
     print(markdown(results, sizes))
     if args.json_path:
         with open(args.json_path, "w") as handle:
