@@ -153,17 +153,29 @@ def run(sizes, repeats, only, image_path):
     return results
 
 
-def markdown(results, sizes) -> str:
-    header = "| operator | fdcore setting | albumentations 2.0.8 | " + " | ".join(
-        f"{s}² fdcore ms | {s}² alb. ms | {s}² alb./fdcore" for s in sizes) + " |"
-    lines = [header, "|" + "---|" * (3 + 3 * len(sizes))]
+def comparison_table(results, sizes, library: str, leading: dict, digits: int = 2) -> str:
+    """A markdown table: the ``leading`` columns (``{header: row -> cell}``), then for each size fdcore's and
+    ``library``'s median ms and their ratio (``library`` / fdcore, above 1 when fdcore is faster). A row with an
+    ``error`` (the other library failed) shows it instead of times."""
+    header = "| " + " | ".join(leading) + " | " + " | ".join(
+        f"{s}² fdcore ms | {s}² {library} ms | {s}² {library}/fdcore" for s in sizes) + " |"
+    lines = [header, "|" + "---|" * (len(leading) + 3 * len(sizes))]
     for row in results:
-        cells = []
-        for size in sizes:
-            fd_ms, alb_ms = row["ms"][size]["fdcore"], row["ms"][size]["albumentations"]
-            cells += [f"{fd_ms:.2f}", f"{alb_ms:.2f}", f"{alb_ms / fd_ms:.2f}x"]
-        lines.append(f"| {row['operator']} | {row['fdcore']} | {row['albumentations']} | " + " | ".join(cells) + " |")
+        if row.get("error"):
+            cells = [f"fails in {library}: {row['error'][:60]}"] + [""] * (3 * len(sizes) - 1)
+        else:
+            cells = []
+            for size in sizes:
+                fd_ms, other_ms = row["ms"][size]["fdcore"], row["ms"][size][library]
+                cells += [f"{fd_ms:.2f}", f"{other_ms:.2f}", f"{other_ms / fd_ms:.{digits}f}x"]
+        lines.append("| " + " | ".join(cell(row) for cell in leading.values()) + " | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def markdown(results, sizes) -> str:
+    return comparison_table(results, sizes, "albumentations", {
+        "operator": lambda row: row["operator"], "fdcore setting": lambda row: row["fdcore"],
+        "albumentations 2.0.8": lambda row: row["albumentations"]})
 
 
 def main(argv=None) -> int:

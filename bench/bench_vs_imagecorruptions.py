@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_degradations import single_thread, test_image  # noqa: E402  (sets the thread variables first)
-from bench_vs_albumentations import alternate  # noqa: E402
+from bench_vs_albumentations import alternate, comparison_table  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -77,19 +77,9 @@ def run(sizes, repeats, level, only, image_path):
 
 
 def markdown(results, sizes) -> str:
-    header = "| fdcore operator | imagecorruptions | " + " | ".join(
-        f"{s}² fdcore ms | {s}² imagecorruptions ms | {s}² ratio" for s in sizes) + " |"
-    lines = [header, "|" + "---|" * (2 + 3 * len(sizes))]
-    for row in results:
-        if row["error"]:
-            cells = [f"fails in imagecorruptions: {row['error'][:60]}"] + [""] * (3 * len(sizes) - 1)
-        else:
-            cells = []
-            for size in sizes:
-                fd_ms, ic_ms = row["ms"][size]["fdcore"], row["ms"][size]["imagecorruptions"]
-                cells += [f"{fd_ms:.2f}", f"{ic_ms:.2f}", f"{ic_ms / fd_ms:.1f}x"]
-        lines.append(f"| {row['operator']} | {row['imagecorruptions']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return comparison_table(results, sizes, "imagecorruptions", {
+        "fdcore operator": lambda row: row["operator"], "imagecorruptions": lambda row: row["imagecorruptions"]},
+        digits=1)
 
 
 def main(argv=None) -> int:
