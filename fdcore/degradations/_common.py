@@ -50,7 +50,7 @@ def jpeg2000_roundtrip(operator: str, image: np.ndarray, compression_ratio: floa
     JPEG 2000 cameras and tools take for RGB images. (Coding R, G and B separately is ~15 % slower and spends the
     bits less like a real encoder: the same share on chroma as on luma.)
 
-    The ratio counts the coded image data, not the codestream's fixed headers (~150-190 bytes): OpenJPEG's own
+    The ratio counts the coded image data, not the codestream's fixed headers (~130-160 bytes): OpenJPEG's own
     target includes them, which leaves a 128x128 image at ratio 300 (164 bytes) no room for any data at all (a flat
     grey or tinted square) while a 512x512 one keeps 2.4 KB. Adding the header size to the target keeps the
     degradation's bits per pixel, and so its look, the same at every image size.
@@ -64,8 +64,9 @@ def jpeg2000_roundtrip(operator: str, image: np.ndarray, compression_ratio: floa
     levels = int(max(1, min(5, math.floor(math.log2(min(padded.shape[:2]))) - 2)))
     raw_bytes = float(padded.size)
     target_bytes = raw_bytes / max(1.0, compression_ratio) + _jpeg2000_header_bytes(levels)
-    out = codec_roundtrip(padded, "JPEG2000", quality_mode="rates", quality_layers=[max(1.0, raw_bytes / target_bytes)],
-                          irreversible=True, mct=1, num_resolutions=levels + 1, no_jp2=True)
+    ratio = max(1.0, raw_bytes / target_bytes)
+    out = codec_roundtrip(padded, "JPEG2000", quality_mode="rates", quality_layers=[ratio], irreversible=True, mct=1,
+                          num_resolutions=levels + 1, no_jp2=True)
     return np.ascontiguousarray(out[:height, :width])
 
 
