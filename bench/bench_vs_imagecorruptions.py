@@ -60,7 +60,7 @@ def run(sizes, repeats, level, only, image_path):
         for size in sizes:
             image = test_image(size, image_path)
 
-            def theirs(index=None):
+            def theirs():
                 np.random.seed(0)  # imagecorruptions draws from numpy's global generator
                 return corrupt(image, corruption_name=corruption, severity=level)
 

@@ -99,13 +99,9 @@ class Degrader(metaclass=abc.ABCMeta):
         try:
             out = self.apply(image, float(severity), rng)
         except FdcoreError as exc:  # a user-facing refusal (e.g. an image too large for a codec): say whose
-            if self.name in str(exc):
-                raise
-            try:
-                named = type(exc)(f"degrader {self.name!r}: {exc}")
-            except TypeError:  # an error class with its own constructor arguments
-                named = FdcoreError(f"degrader {self.name!r}: {exc}")
-            raise named from exc
+            if self.name not in str(exc):
+                exc.args = (f"degrader {self.name!r}: {exc}",)
+            raise
         if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3:
             raise RuntimeError(f"degrader {self.name!r} returned {getattr(out, 'dtype', type(out).__name__)} "
                                f"{getattr(out, 'shape', '')}, not an HxWx3 uint8 image")

@@ -75,10 +75,13 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
     rows = []
     counts = {"written": 0, "failed": 0, "skipped": len([s for s in walked.skipped if not s.ignored])}
 
+    def row_without_output(name: str, status: str) -> dict:
+        return {"path": name, "output": "", "status": status, "policy": "", "seed": seed, "branch": "", "ops": "",
+                "record": ""}
+
     def failed(name: str, status: str) -> None:
         counts["failed"] += 1
-        rows.append({"path": name, "output": "", "status": status, "policy": "", "seed": seed, "branch": "",
-                     "ops": "", "record": ""})
+        rows.append(row_without_output(name, status))
         echo(f"fdcore degrade: {name}: {status}")
 
     try:
@@ -108,8 +111,7 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
         # Written even when an unexpected error stops the run: the images already written keep their records.
         for skipped in walked.skipped:
             if not skipped.ignored:
-                rows.append({"path": skipped.name, "output": "", "status": f"skipped: {skipped.code}: "
-                             f"{skipped.detail}", "policy": "", "seed": seed, "branch": "", "ops": "", "record": ""})
+                rows.append(row_without_output(skipped.name, f"skipped: {skipped.code}: {skipped.detail}"))
         rows.sort(key=lambda row: row["path"])
         table = io.StringIO()
         writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, lineterminator="\n")

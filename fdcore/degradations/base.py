@@ -148,16 +148,18 @@ def rint_uint8(values: np.ndarray) -> np.ndarray:
     return values.astype(np.uint8)
 
 
-def in_strips(image: np.ndarray, function, rows: int = 32) -> np.ndarray:
-    """Apply a per-pixel ``function`` (uint8 HxWx3 strip -> uint8 strip) to horizontal strips of ``rows`` rows.
+def in_strips(image: np.ndarray, function, rows: int = 32, *aligned: np.ndarray) -> np.ndarray:
+    """Apply a per-pixel ``function`` (uint8 HxWx3 strip -> uint8 strip) to horizontal strips of ``rows`` rows;
+    ``aligned`` arrays (other HxW... inputs of the same pixels) are cut into the same strips and passed after it.
 
-    For pipelines of many float passes (colour-space round trips) this is 3-4x faster than one whole-image pass:
-    the temporaries stay in cache and are recycled instead of being fresh image-sized buffers. Only for functions
-    where each output pixel depends on its own input pixel alone.
+    For pipelines of many float passes (colour-space round trips, blends) this is 2-4x faster than one whole-image
+    pass: the temporaries stay in cache and are recycled instead of being fresh image-sized buffers. Only for
+    functions where each output pixel depends on its own input pixel alone.
     """
     out = np.empty(image.shape, dtype=np.uint8)
     for start in range(0, image.shape[0], rows):
-        out[start:start + rows] = function(image[start:start + rows])
+        band = slice(start, start + rows)
+        out[band] = function(image[band], *(array[band] for array in aligned))
     return out
 
 
@@ -440,8 +442,6 @@ def remap_any_size(source: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, int
     import cv2
 
     if max(source.shape[:2]) <= _REMAP_MAX_SIDE and max(map_x.shape[:2]) <= _REMAP_MAX_SIDE:
-        if dst is None:
-            return cv2.remap(source, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
         return cv2.remap(source, map_x, map_y, interpolation, dst=dst, borderMode=cv2.BORDER_REPLICATE)
     height, width = source.shape[:2]
     out_height, out_width = map_x.shape[:2]
@@ -460,9 +460,9 @@ def remap_any_size(source: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, int
                                          f"{height}x{width} image, over OpenCV's {_REMAP_MAX_SIDE} px limit; use "
                                          f"an image under {_REMAP_MAX_SIDE} px a side")
             window = np.ascontiguousarray(source[y0:y1, x0:x1])
-            result = cv2.remap(window, tile_x - np.float32(x0), tile_y - np.float32(y0), interpolation,
-                               borderMode=cv2.BORDER_REPLICATE)
-            out[top:top + tile, left:left + tile] = result.reshape(out[top:top + tile, left:left + tile].shape)
+            target = out[top:top + tile, left:left + tile]
+            target[...] = cv2.remap(window, tile_x - np.float32(x0), tile_y - np.float32(y0), interpolation,
+                                    borderMode=cv2.BORDER_REPLICATE).reshape(target.shape)
     return out
 
 

@@ -18,7 +18,7 @@ from fdcore.degradations._common import (
     pixel_grid,
     screen_uint8,
 )
-from fdcore.degradations.base import LeveledDegrader, rint_uint8
+from fdcore.degradations.base import LeveledDegrader, in_strips, rint_uint8
 
 
 class Fog(LeveledDegrader):
@@ -141,21 +141,17 @@ class Frost(LeveledDegrader):
         ys, xs = pixel_grid(height, width)
         blurred = gaussian_blur(image, max(1.0, 0.004 * max(height, width)))
         tint = np.array(self.tint, dtype=np.float32)
-        out = np.empty_like(image)
-        # Per pixel, in strips of ~64k values so the float temporaries stay in cache instead of being fresh
-        # image-sized buffers (1.7x faster at 512²): ice from the texture, denser towards the frame edges; then, on
-        # the 0..255 scale, scatter (towards the blurred image) and screen the ice.
-        rows = max(1, 65536 // (3 * width))
-        for top in range(0, height, rows):
-            band = slice(top, top + rows)
-            strip = texture[band]
-            veins = (1.0 - np.abs(2.0 * strip - 1.0)) ** 4
-            edge = np.maximum(np.abs(ys[band]) / max((height - 1) / 2.0, 1.0),
-                              np.abs(xs) / max((width - 1) / 2.0, 1.0))
+        half_height, half_width = max((height - 1) / 2.0, 1.0), max((width - 1) / 2.0, 1.0)
+
+        def strip(pixels, texture, blurred, ys):
+            # Ice from the texture, denser towards the frame edges; then, on the 0..255 scale, scatter (towards
+            # the blurred image) and screen the ice.
+            veins = (1.0 - np.abs(2.0 * texture - 1.0)) ** 4
+            edge = np.maximum(np.abs(ys) / half_height, np.abs(xs) / half_width)
             coverage = np.clip(np.float32(0.35) + np.float32(0.65) * edge ** 2, 0.0, 1.0) * opacity
-            ice = np.clip(np.float32(0.55) * veins + np.float32(0.45) * strip, 0.0, 1.0) * coverage
-            pixels = image[band].astype(np.float32)
-            scattered = blurred[band].astype(np.float32)
+            ice = np.clip(np.float32(0.55) * veins + np.float32(0.45) * texture, 0.0, 1.0) * coverage
+            pixels = pixels.astype(np.float32)
+            scattered = blurred.astype(np.float32)
             scattered -= pixels
             scattered *= coverage[..., None]
             pixels += scattered
@@ -163,8 +159,10 @@ class Frost(LeveledDegrader):
             headroom *= ice[..., None]
             headroom *= tint
             pixels += headroom
-            out[band] = rint_uint8(pixels)
-        return out
+            return rint_uint8(pixels)
+
+        # strips of ~64k values: 1.7x faster at 512² than whole-image float passes
+        return in_strips(image, strip, max(1, 65536 // (3 * width)), texture, blurred, ys)
 
 
 # Warm film light-leak colours (orange, red, magenta, yellow).
