@@ -105,7 +105,7 @@ class StreamingTrainingSet(torch.utils.data.IterableDataset):
 
     def start_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = int(epoch), int(skip_batches)
-        self.items.set_epoch(self.epoch)
+        self.items.use_epoch(self.epoch)
         if hasattr(self.stream, "set_epoch"):
             self.stream.set_epoch(self.epoch)
 

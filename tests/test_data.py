@@ -473,7 +473,7 @@ def test_detection_dataset_items_and_collate(tmp_path):
     assert record["record"] != record2["record"] and not torch.equal(item["pixels"]["a"], item["pixels_view2"]["a"])
     again = DetectionDataset(source, {"a": small, "b": other, "c": big}, degrade=degrade, views=2, epoch=2)[5]
     assert torch.equal(again["pixels_view2"]["c"], item["pixels_view2"]["c"])
-    multi.set_epoch(3)
+    multi.use_epoch(3)
     assert json.loads(multi[5]["degradation"])["record"] != record["record"]
 
     batch = collate_samples([multi[0], multi[1], multi[2]])
@@ -509,7 +509,7 @@ def test_random_native_crops_are_seeded_windows_of_the_original(tmp_path):
     index = [p.endswith("a.png") for p in rows["path"]].index(True)
 
     def window(epoch):
-        dataset.set_epoch(epoch)
+        dataset.use_epoch(epoch)
         pixels = np.rint(dataset[index]["pixels"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         found = [(top, left) for top in range(30 - 15) for left in range(40 - 15)
                  if np.array_equal(original[top:top + 16, left:left + 16], pixels)]

@@ -181,3 +181,124 @@ def test_resuming_a_run_recorded_before_newer_options_existed(tmp_path):
     assert resumed["epochs"] == 3 and resumed["expert"] == "toy" and resumed["workers"] == 0
     assert resumed["steps_per_epoch"] == DEFAULTS["steps_per_epoch"]
     assert resumed["shuffle_buffer"] == DEFAULTS["shuffle_buffer"]
+
+
+# -- every epoch draws new crops, degradations and orders (issue: the frozen-epoch bug) -----------------------------
+
+CROP_ARGS = ["--expert-options", '{"resize": "crop"}', "--policy", "featdistill", "--record-samples"]
+
+
+@pytest.fixture
+def croppable_folder(tmp_path):
+    """48 px images for a 32 px native-crop expert: every sample has a random window to draw."""
+    from conftest import make_learnable_folder
+
+    return make_learnable_folder(tmp_path / "data48", per_class=24, size=48)
+
+
+def read_samples(output_dir, stage=1, ranks=(0,)):
+    rows = []
+    for rank in ranks:
+        path = Path(output_dir) / "samples" / f"stage{stage}.rank{rank}.jsonl"
+        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    return rows
+
+
+def documented_sample(path, seed, stage, epoch, index):
+    """What docs/training.md says sample ``index`` of ``epoch`` is: its crop window, then its policy draw."""
+    import numpy as np
+    from PIL import Image
+
+    from fdcore.data.torch_dataset import sample_rng
+    from fdcore.degradations.api import apply_policy, load_policy
+
+    image = np.asarray(Image.open(path).convert("RGB"))
+    window_rng = sample_rng(seed + 1000 * stage + 500, epoch, index)
+    top, left = int(window_rng.integers(0, image.shape[0] - 32 + 1)), int(window_rng.integers(0, image.shape[1] - 32 + 1))
+    crop = np.ascontiguousarray(image[top:top + 32, left:left + 32])
+    policy_seed = int(sample_rng(seed + 1000 * stage, epoch, index).integers(0, 2**31 - 1))
+    _, record = apply_policy(crop, load_policy("featdistill", preserve_alignment=(stage == 2)), seed=policy_seed)
+    return [top, left, 32, 32], json.loads(json.dumps(record, sort_keys=True, default=str))
+
+
+def test_every_epoch_trains_on_its_own_crops_degradations_and_order(croppable_folder, tmp_path):
+    output = tmp_path / "run"
+    run_recipe("--data", str(croppable_folder), "--output-dir", str(output), *CROP_ARGS, "--epochs", "3",
+               "--stage", "1")
+    rows = read_samples(output)
+    by_epoch = {epoch: [row for row in rows if row["epoch"] == epoch] for epoch in range(3)}
+    assert all(len(by_epoch[epoch]) == 40 for epoch in range(3))  # 43 training images, 5 full batches of 8
+    for epoch, epoch_rows in by_epoch.items():
+        for row in epoch_rows[::7]:
+            crop, record = documented_sample(row["path"], seed=3, stage=1, epoch=epoch, index=row["index"])
+            assert row["crop"] == crop, (epoch, row)
+            assert row["degradation"]["epoch"] == epoch and row["degradation"]["record"] == record
+    windows = [{row["index"]: tuple(row["crop"]) for row in by_epoch[epoch]} for epoch in range(3)]
+    shared = set(windows[0]) & set(windows[1]) & set(windows[2])
+    assert sum(len({windows[e][i] for e in range(3)}) == 3 for i in shared) >= 0.8 * len(shared)
+    orders = [[row["index"] for row in by_epoch[epoch]] for epoch in range(3)]
+    assert orders[0] != orders[1] != orders[2]
+    draws = [{row["index"]: json.dumps(row["degradation"]["record"]) for row in by_epoch[e]} for e in range(3)]
+    assert sum(draws[0][i] != draws[1][i] for i in set(draws[0]) & set(draws[1])) >= 0.8 * len(set(draws[0]) & set(draws[1]))
+
+
+def test_a_resumed_run_trains_on_exactly_the_samples_of_an_uninterrupted_one(croppable_folder, tmp_path):
+    common = ["--data", str(croppable_folder), *CROP_ARGS, "--epochs", "2", "--stage", "1"]
+    run_recipe(*common, "--output-dir", str(tmp_path / "straight"))
+    run_recipe(*common, "--output-dir", str(tmp_path / "interrupted"), "--stop-after", "7")
+    # the interrupted process had already logged a batch past its checkpoint: the resume must drop it
+    lines = (tmp_path / "interrupted" / "samples" / "stage1.rank0.jsonl").read_text().splitlines()
+    extra = json.loads(lines[-1])
+    extra.update(step=8, batch_in_epoch=3, epoch=1)
+    with open(tmp_path / "interrupted" / "samples" / "stage1.rank0.jsonl", "a") as handle:
+        handle.write(json.dumps(extra) + "\n")
+    run_recipe("--output-dir", str(tmp_path / "interrupted"), "--resume")
+    assert read_samples(tmp_path / "interrupted") == read_samples(tmp_path / "straight")
+    assert {row["epoch"] for row in read_samples(tmp_path / "straight")} == {0, 1}
+    straight = fdcore.load_expert(tmp_path / "straight" / "expert").state_dict()
+    resumed = fdcore.load_expert(tmp_path / "interrupted" / "expert").state_dict()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+
+
+def test_two_processes_train_on_the_samples_of_one_process(croppable_folder, tmp_path):
+    common = ["--expert", "toy", "--batch-size", "8", "--lr", "3e-3", "--workers", "0", "--log-every", "1",
+              "--validation-policy", "none", "--seed", "3", "--data", str(croppable_folder), *CROP_ARGS,
+              "--epochs", "2", "--stage", "1", "--no-progress"]
+    train_in_one_and_two_processes(common, tmp_path, master_port=29523)
+
+    def key(row):
+        return (row["epoch"], row["batch_in_epoch"], row["index"])
+
+    one = sorted(({**row, "position": None} for row in read_samples(tmp_path / "one")), key=key)
+    two = sorted(({**row, "position": None} for row in read_samples(tmp_path / "two", ranks=(0, 1))), key=key)
+    assert one == two and {row["epoch"] for row in one} == {0, 1}
+    assert len({tuple(row["crop"]) for row in one if row["index"] == one[0]["index"]}) == 2
+
+
+def test_training_shows_step_progress_and_epoch_metrics(learnable_folder, tmp_path, capsys):
+    output = tmp_path / "run"
+    run_recipe("--data", str(learnable_folder), "--output-dir", str(output), "--policy", "none", "--epochs", "2",
+               "--stage", "1", "--log-every", "2")
+    captured = capsys.readouterr()
+    assert "stage 1 epoch 1/2" in captured.err and "img_s=" in captured.err and "loss=" in captured.err
+    epoch_lines = [line for line in captured.out.splitlines() if line.startswith("stage 1 epoch ")]
+    assert len(epoch_lines) == 2 and all("train loss" in line and "clean_roc_auc" in line for line in epoch_lines)
+    steps = [entry for entry in read_log(output) if "bce" in entry]
+    assert steps and all({"loss_mean", "bce_mean", "images_per_s", "images"} <= set(entry) for entry in steps)
+    first_epoch = [entry for entry in steps if entry["epoch"] == 0]
+    assert first_epoch[-1]["images"] == 8 * first_epoch[-1]["step"]
+    assert first_epoch[-1]["bce_mean"] == pytest.approx(first_epoch[-1]["loss_mean"])
+
+
+def test_stage2_has_its_own_lower_peak_learning_rate(learnable_folder, tmp_path):
+    output = tmp_path / "run"
+    run_recipe("--data", str(learnable_folder), "--output-dir", str(output), "--policy", "none", "--epochs", "1",
+               "--stage2-epochs", "1", "--warmup-fraction", "0")
+    rates = {stage: max(entry["lr"] for entry in read_log(output) if entry.get("stage") == stage and "lr" in entry)
+             for stage in (1, 2)}
+    assert rates[1] == pytest.approx(3e-3, rel=0.05) and rates[2] == pytest.approx(3e-4, rel=0.05)
+    other = tmp_path / "explicit"
+    run_recipe("--data", str(learnable_folder), "--output-dir", str(other), "--policy", "none", "--epochs", "1",
+               "--stage2-epochs", "1", "--warmup-fraction", "0", "--stage2-lr", "1e-3", "--no-progress")
+    assert max(entry["lr"] for entry in read_log(other) if entry.get("stage") == 2 and "lr" in entry) == \
+        pytest.approx(1e-3, rel=0.05)

@@ -33,6 +33,23 @@ def sample_rng(seed: int, epoch: int, index: int, view: int = 0) -> np.random.Ge
     return np.random.default_rng(sample_seed_sequence(seed, epoch, index, view))
 
 
+def random_crop_window(seed: int, epoch: int, index: int, height: int, width: int, size: int
+                       ) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of sample ``index``'s random training window in ``epoch``.
+
+    The documented derivation: ``rng = sample_rng(seed, epoch, index)``, then ``top = rng.integers(0, height - size
+    + 1)`` and ``left = rng.integers(0, width - size + 1)``, in that order. A side not longer than ``size`` is kept
+    whole (offset 0; no draw is made when neither side is longer): the expert's preprocessing decides how a short
+    side is completed, never this crop.
+    """
+    if height <= size and width <= size:
+        return 0, 0, height, width
+    rng = sample_rng(seed, epoch, index)
+    top = int(rng.integers(0, height - size + 1)) if height > size else 0
+    left = int(rng.integers(0, width - size + 1)) if width > size else 0
+    return top, left, min(height, size), min(width, size)
+
+
 def seeded_degrade(function: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, Any]], seed: int) -> DegradeFn:
     """Adapt ``function(image, rng) -> (image, record)`` to the dataset's ``degrade(image, index, epoch, view=0)``,
     drawing ``rng`` from :func:`sample_rng` so the result depends on the run seed, epoch, index and view only."""
@@ -87,7 +104,13 @@ class DetectionDataset(torch.utils.data.Dataset):
     With ``random_crop_seed``, experts whose preprocessing is ``resize="crop"`` (native resolution) train on a
     random window of their input size, drawn per (seed, epoch, index), instead of the centre one.
 
-    Call :meth:`set_epoch` before each epoch (with non-persistent DataLoader workers, so that they see it).
+    Call :meth:`use_epoch` before each epoch (with non-persistent DataLoader workers, so that they see it). The method
+    is deliberately not called ``set_epoch``: accelerate's prepared data loaders call ``dataset.set_epoch`` with their
+    own pass counter at every iteration, which stays 0 when a loop leaves the loader before it is exhausted (and
+    restarts at 0 on a resumed loader), and would silently give every epoch epoch 0's crops and degradations.
+
+    Each item also carries ``crop``: ``[top, left, height, width]`` of the window of the decoded image it was built
+    from (the whole image unless a random native crop was taken).
     """
 
     def __init__(self, source: Sequence[Mapping[str, Any]], preprocessing: Any, *, degrade: DegradeFn | None = None,
@@ -110,7 +133,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         native = [p.size for p in self.preprocessing.values() if p.resize == "crop"]
         self._crop_size = max(native) if native and random_crop_seed is not None else None
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -139,17 +162,16 @@ class DetectionDataset(torch.utils.data.Dataset):
                                f"{getattr(degraded, 'shape', '')} for sample {index}, not an HxWx3 uint8 image")
         return self._pixels(degraded), json.dumps(record, sort_keys=True, default=str)
 
-    def _random_native_crop(self, image: np.ndarray, index: int) -> np.ndarray:
+    def _random_native_crop(self, image: np.ndarray, index: int) -> tuple[np.ndarray, list[int]]:
         # Training counterpart of the "crop" preprocessing (a centre crop at native resolution): a seeded random
         # window of the same size, taken before degradation so the policy works on the pixels the expert sees.
-        size = self._crop_size
         height, width = image.shape[:2]
-        if height <= size or width <= size:
-            return image
-        rng = sample_rng(self.random_crop_seed, self.epoch, index)
-        top = int(rng.integers(0, height - size + 1))
-        left = int(rng.integers(0, width - size + 1))
-        return np.ascontiguousarray(image[top:top + size, left:left + size])
+        top, left, crop_height, crop_width = random_crop_window(self.random_crop_seed, self.epoch, index, height,
+                                                                width, self._crop_size)
+        if (crop_height, crop_width) == (height, width):
+            return image, [0, 0, height, width]
+        window = np.ascontiguousarray(image[top:top + crop_height, left:left + crop_width])
+        return window, [top, left, crop_height, crop_width]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
@@ -163,10 +185,11 @@ class DetectionDataset(torch.utils.data.Dataset):
             image = np.asarray(load_row_image(row), dtype=np.uint8)
         except DataError as exc:
             raise DataError(f"sample {index}: {exc}") from None
+        crop = [0, 0, int(image.shape[0]), int(image.shape[1])]
         if self._crop_size is not None:
-            image = self._random_native_crop(image, index)
+            image, crop = self._random_native_crop(image, index)
         pixels, record = self._view(image, index, 0)
-        item = {"pixels": pixels, "label": int(row["label"]), "index": index, "degradation": record,
+        item = {"pixels": pixels, "label": int(row["label"]), "index": index, "crop": crop, "degradation": record,
                 "path": row["path"], "generator": row.get("generator") or "", "source": row.get("source") or ""}
         if self.views == 2:
             item["pixels_view2"], item["degradation_view2"] = self._view(image, index, 1)
@@ -194,8 +217,8 @@ class DetectionIterableDataset(torch.utils.data.IterableDataset):
         self._items = DetectionDataset([], preprocessing, degrade=degrade, views=views, epoch=epoch)
         self.source = source
 
-    def set_epoch(self, epoch: int) -> None:
-        self._items.set_epoch(epoch)
+    def use_epoch(self, epoch: int) -> None:
+        self._items.use_epoch(epoch)
         if hasattr(self.source, "set_epoch"):
             self.source.set_epoch(int(epoch))  # reshuffles a shuffled stream per epoch, reproducibly
 

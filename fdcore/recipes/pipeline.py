@@ -14,7 +14,10 @@ from fdcore.data.sources import label_counts
 from fdcore.training import TrainingError, environment_record
 
 # Keys that may differ when resuming a run: they change how fast it goes, not what it computes.
-RESUME_MAY_CHANGE = ("workers", "log_every", "resume", "stop_after")
+RESUME_MAY_CHANGE = ("workers", "log_every", "resume", "stop_after", "progress")
+# Stage 2 starts from a trained model that is also its teacher: re-warming to stage 1's peak rate would first push the
+# student away from what it distils towards (BCE jumped from ~0.2 back to ~0.6 in 24+6-epoch runs).
+STAGE2_LR_FRACTION = 0.1
 
 
 def resolve_resume(config: dict, output_dir: Path) -> dict:
@@ -116,6 +119,15 @@ def hold_out_first_rows(stream, count: int):
         raise TrainingError(f"--validation-rows {count}: the training stream has only {len(validation)} rows")
     held_out = frozenset(row["path"] for row in validation)
     return stream.filter(lambda row: row["path"] not in held_out), validation
+
+
+def stage_learning_rate(config: dict, stage: int) -> float:
+    """The peak learning rate of a stage: ``lr`` for stage 1; ``stage2_lr`` (default a tenth of ``lr``) for stage 2.
+
+    Each stage has its own warm-up (``warmup_fraction`` of its steps) and cosine decay to zero."""
+    if stage == 1 or config.get("stage2_lr") is None:
+        return config["lr"] * (1.0 if stage == 1 else STAGE2_LR_FRACTION)
+    return config["stage2_lr"]
 
 
 def build_expert(config: dict):
@@ -259,3 +271,116 @@ def model_card(config: dict, data: TrainingData, metrics: dict) -> dict:
         "metrics": metrics,
         **environment_record(),
     }
+
+
+class SampleRecorder:
+    """``--record-samples``: one JSON line per trained sample and process, in ``OUTPUT_DIR/samples/``.
+
+    A line says which optimizer ``step`` the sample fed (the first is 1), its ``epoch`` and ``batch_in_epoch``, the
+    dataset ``index`` and ``path``, the ``crop`` window ``[top, left, height, width]`` of the decoded image, and the
+    degradation record (``null`` when trained clean): enough to rebuild the exact pixels. On ``--resume`` the lines
+    of steps after the checkpoint (trained by the interrupted process, then lost) are dropped first, so the file of a
+    resumed run equals an uninterrupted run's.
+    """
+
+    def __init__(self, path: Path | None, stage: int):
+        self.path, self.stage, self.handle = path, stage, None
+
+    @classmethod
+    def for_run(cls, config: dict, stage: int, accelerator, resumed_at_step: int) -> "SampleRecorder":
+        if not config.get("record_samples"):
+            return cls(None, stage)
+        from fdcore.fileio import write_text_atomic
+
+        path = Path(config["output_dir"]) / "samples" / f"stage{stage}.rank{accelerator.process_index}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if line.endswith("\n") and json.loads(line)["step"] <= resumed_at_step]
+            write_text_atomic(path, "".join(kept))
+        recorder = cls(path, stage)
+        recorder.handle = open(path, "a", encoding="utf-8")
+        return recorder
+
+    def write(self, batch: dict, epoch: int, batch_in_epoch: int, step: int) -> None:
+        if self.handle is None:
+            return
+        crops = batch.get("crop") or [None] * len(batch["path"])
+        for position, (index, path, crop, degradation) in enumerate(
+                zip(batch["index"].tolist(), batch["path"], crops, batch["degradation"])):
+            record = {"stage": self.stage, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "position": position,
+                      "step": step, "index": index, "path": path, "crop": crop,
+                      "degradation": json.loads(degradation)}
+            self.handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+class EpochMeter:
+    """Running means of one epoch's losses over every process, its throughput, and the progress bar.
+
+    Sums travel across processes once per optimizer step (one small all-reduce), so the means are those of the whole
+    global batch whatever the number of processes; the bar (tqdm, main process, stderr) shows them with the
+    images per second and the time left in the epoch.
+    """
+
+    KEYS = ("loss", "bce", "distill")
+
+    def __init__(self, accelerator, stage: int, epoch: int, epochs: int, steps: int, done: int, enabled: bool):
+        import time
+
+        self.accelerator = accelerator
+        self.local = torch.zeros(len(self.KEYS) + 1, dtype=torch.float64)  # weighted loss sums, then images
+        self.totals = torch.zeros_like(self.local)
+        self.started = time.time()
+        self.bar = None
+        if enabled and accelerator.is_main_process:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=max(steps, 0), initial=done, unit="step", dynamic_ncols=True, mininterval=1.0,
+                            desc=f"stage {stage} epoch {epoch + 1}/{epochs}", leave=False)
+
+    def add_batch(self, images: int, **losses) -> None:
+        for slot, key in enumerate(self.KEYS):
+            self.local[slot] += float(losses[key].detach()) * images
+        self.local[-1] += images
+
+    def step_done(self) -> None:
+        summed = self.local.to(self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            summed = self.accelerator.reduce(summed, reduction="sum")
+        self.totals += summed.cpu()
+        self.local.zero_()
+        if self.bar is not None:
+            running = self.running()
+            self.bar.set_postfix(loss=f"{running['loss_mean']:.4f}", img_s=f"{running['images_per_s']:.1f}",
+                                 refresh=False)
+            self.bar.update(1)
+
+    def running(self) -> dict:
+        import time
+
+        images = float(self.totals[-1])
+        means = {f"{key}_mean": (float(self.totals[slot]) / images if images else float("nan"))
+                 for slot, key in enumerate(self.KEYS)}
+        elapsed = time.time() - self.started
+        return {**means, "images": int(images), "images_per_s": round(images / elapsed, 3) if elapsed > 0 else 0.0}
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.refresh()  # the final means, even when the epoch was shorter than the refresh interval
+            self.bar.close()
+            self.bar = None
+
+
+def epoch_line(stage: int, epoch: int, epochs: int, running: dict, metrics: dict) -> str:
+    """The line printed at the end of each epoch: training running means, then validation metrics."""
+    train = (f"train loss {running['loss_mean']:.4f} (bce {running['bce_mean']:.4f}, distill "
+             f"{running['distill_mean']:.4f}), {running['images_per_s']:.1f} images/s"
+             if running["images"] else "no training batch this invocation")
+    validation = ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()) or "no validation split"
+    return f"stage {stage} epoch {epoch + 1}/{epochs}: {train} | validation: {validation}"

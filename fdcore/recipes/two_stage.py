@@ -67,6 +67,7 @@ DEFAULTS = {
     "batch_size": 32,               # global batch (split across processes)
     "gradient_accumulation": 1,
     "lr": 1e-5,
+    "stage2_lr": None,              # stage 2's peak learning rate; default: a tenth of lr (see docs/training.md)
     "weight_decay": 0.05,
     "warmup_fraction": 0.05,
     "max_grad_norm": 1.0,
@@ -84,6 +85,8 @@ DEFAULTS = {
     "resume": False,
     "log_every": 10,
     "stop_after": None,             # leave after this many optimizer steps in this invocation (time-limited jobs)
+    "record_samples": False,        # write what every batch trained on (crop windows, degradations) to samples/
+    "progress": True,               # a step progress bar on the main process (stderr)
 }
 
 
@@ -114,7 +117,8 @@ def parse_args(argv=None) -> dict:
     parser.add_argument("--stage", choices=["1", "2", "both"])
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--gradient-accumulation", type=int)
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr", type=float, help="stage 1's peak learning rate")
+    parser.add_argument("--stage2-lr", type=float, help="stage 2's peak learning rate (default: a tenth of --lr)")
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--warmup-fraction", type=float)
     parser.add_argument("--max-grad-norm", type=float)
@@ -132,6 +136,11 @@ def parse_args(argv=None) -> dict:
     parser.add_argument("--log-every", type=int)
     parser.add_argument("--stop-after", type=int, help="checkpoint and exit after this many optimizer steps in this "
                         "invocation (for time-limited jobs; continue with --resume)")
+    parser.add_argument("--record-samples", action="store_true", default=None,
+                        help="write every trained sample's crop window and degradation record to "
+                        "OUTPUT_DIR/samples/ (one JSON line per sample and process)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no step progress bar (log.jsonl and the per-epoch lines are still written)")
     args = parser.parse_args(argv)
 
     config = dict(DEFAULTS)
@@ -277,7 +286,8 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
     student = training.StudentWithFeatures(expert)
     extra_modules = distiller.trainable_modules() if distiller else []
     parameters = [p for module in (student, *extra_modules) for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
+    peak_lr = pipeline.stage_learning_rate(config, stage)
+    optimizer = torch.optim.AdamW(parameters, lr=peak_lr, weight_decay=config["weight_decay"])
     if data.streaming:
         steps_per_epoch = config["steps_per_epoch"]
     else:
@@ -311,6 +321,7 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
         accelerator.load_state(str(path))
         global_step, start_epoch, skip_batches = progress["global_step"], progress["epoch"], progress["batch_in_epoch"]
         accelerator.print(f"stage {stage}: resuming at epoch {start_epoch}, batch {skip_batches}, step {global_step}")
+    samples = pipeline.SampleRecorder.for_run(config, stage, accelerator, resumed_at_step=global_step)
 
     metrics = {}
     started = time.time()
@@ -321,16 +332,22 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
         student.train()
         batches = train_loader
         first_batch = skip_batches if epoch == start_epoch else 0
+        # The epoch reaches the data through methods accelerate does not know: its loaders call `set_epoch` with
+        # their own pass counter, which would overwrite these (see DetectionDataset).
         if data.streaming:
             stream_set.start_epoch(epoch, skip_batches=first_batch)  # skips without decoding the skipped rows
             batches = (send_to_device(batch, accelerator.device) for batch in train_loader)
         else:
             sampler.use_epoch(epoch)
-            train_set.set_epoch(epoch)
+            train_set.use_epoch(epoch)
             if first_batch:
                 batches = accelerator.skip_first_batches(train_loader, first_batch)
         epoch_steps = first_batch // config["gradient_accumulation"]
+        meter = pipeline.EpochMeter(accelerator, stage=stage, epoch=epoch, epochs=epochs,
+                                    steps=min(steps_per_epoch, total_steps - global_step + epoch_steps),
+                                    done=epoch_steps, enabled=config["progress"])
         for batch_index, batch in enumerate(batches, start=first_batch):
+            samples.write(batch, epoch=epoch, batch_in_epoch=batch_index, step=global_step + 1)
             with accelerator.accumulate(student):
                 if distiller is None:
                     logits, _ = student(batch["pixels"], with_features=False)
@@ -345,37 +362,42 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+            meter.add_batch(len(batch["label"]), loss=loss, bce=bce, distill=distill_loss)
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
             epoch_steps += 1
+            meter.step_done()
             if distiller is not None:
                 distiller.after_optimizer_step(accelerator.unwrap_model(student).expert, global_step, total_steps)
             if global_step % config["log_every"] == 0 or global_step == total_steps:
                 log.write(stage=stage, epoch=epoch, step=global_step, loss=loss.item(), bce=bce.item(),
                           distill=distill_loss.item(), lr=scheduler.get_last_lr()[0],
-                          seconds=round(time.time() - started, 2))
+                          seconds=round(time.time() - started, 2), **meter.running())
             progress = {"stage": stage, "epoch": epoch, "batch_in_epoch": batch_index + 1, "global_step": global_step}
             if config["checkpoint_every"] and global_step % config["checkpoint_every"] == 0:
                 checkpoints.save(accelerator, progress)
             steps_this_invocation += 1
             if config["stop_after"] and steps_this_invocation >= config["stop_after"]:
+                meter.close()
+                samples.close()
                 checkpoints.save(accelerator, progress)
                 accelerator.print(f"stage {stage}: stopping after {steps_this_invocation} steps as asked; "
                                   "continue with --resume")
                 raise StopRequested()
             if global_step >= total_steps or batch_index + 1 >= batches_per_epoch:
                 break
+        meter.close()
         if data.streaming and epoch_steps < steps_per_epoch and global_step < total_steps:
             accelerator.print(f"stage {stage} epoch {epoch}: the stream ran out after {epoch_steps} of "
                               f"{steps_per_epoch} steps; the epoch ends early (lower --steps-per-epoch to match)")
             log.write(stage=stage, epoch=epoch, step=global_step, short_epoch_steps=epoch_steps)
         metrics = pipeline.evaluate(student, validation_loaders, accelerator)
         log.write(stage=stage, epoch=epoch, step=global_step, **metrics)
-        accelerator.print(f"stage {stage} epoch {epoch}: " + (", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                                                              or f"{global_step} steps (no validation split)"))
+        accelerator.print(pipeline.epoch_line(stage, epoch, epochs, meter.running(), metrics))
         checkpoints.save(accelerator, {"stage": stage, "epoch": epoch + 1, "batch_in_epoch": 0,
                                        "global_step": global_step})
+    samples.close()
 
     if accelerator.is_main_process:
         trained = accelerator.unwrap_model(student).expert

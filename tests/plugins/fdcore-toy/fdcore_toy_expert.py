@@ -12,10 +12,11 @@ class ToyExpert(fdcore.Expert):
     description = "tiny CNN on 32x32 inputs (test plugin)"
     default_feature_layers = ("conv1", "conv2")
 
-    def __init__(self, width: int = 8, seed: int = 0):
+    def __init__(self, width: int = 8, seed: int = 0, resize: str = "short-side"):
         super().__init__()
-        self.config = {"width": width, "seed": seed}
-        self.preprocessing = fdcore.Preprocessing(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        self.config = {"width": width, "seed": seed, **({"resize": resize} if resize != "short-side" else {})}
+        self.preprocessing = fdcore.Preprocessing(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                                                  resize=resize)
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         self.conv1 = torch.nn.Conv2d(3, width, 3, stride=2, padding=1)
