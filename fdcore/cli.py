@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                   "Fit calibration and a threshold at a target FPR on validation data; store with the ensemble."),
     "data": ("fdcore.commands.data:command", "Inspect labelled data: bias check of formats, JPEG quality, sizes, EXIF."),
     "expert": ("fdcore.commands.expert:command", "Inspect expert/ensemble directories; import FeatDistill release files."),
+    "ensemble": ("fdcore.commands.ensemble:command", "Assemble trained experts into an ensemble; inspect one."),
     "degrade": ("fdcore.commands.degrade:command", "Degrade a folder with a policy or one operator; contact sheet of all operators."),
 }
 

@@ -135,10 +135,25 @@ def demo_experts() -> list[tuple[str, type]]:
     return [(name, cls) for name, cls in found if issubclass(cls, HFVisionExpert)]
 
 
+def trained_in_demo(image_size: int) -> list[tuple[str, type, dict]]:
+    """``(name, class, constructor kwargs)`` of every installed expert that takes part in the demo (its class
+    returns :meth:`fdcore.Expert.demo_options`): the transformer experts and, with fdcore-npr, NPR."""
+    from fdcore import registry
+
+    chosen = []
+    for name in registry.names("experts"):
+        expert_class = registry.get("experts", name)
+        options = expert_class.demo_options(image_size)
+        if options is not None:
+            chosen.append((name, expert_class, options))
+    return chosen
+
+
 def run_demo(out: Path, size_name: str = "full", seed: int = 0, echo=print) -> dict:
     """Build data, train two experts, assemble, predict and evaluate; returns the headline numbers and paths."""
     from fdcore.ensemble import write_ensemble
     from fdcore.evaluation import VariantPlan, run_evaluation
+    from fdcore.hf_expert import HFVisionExpert
     from fdcore.recipes.two_stage import DEFAULTS, training_function
 
     size = SIZES[size_name]
@@ -152,8 +167,8 @@ def run_demo(out: Path, size_name: str = "full", seed: int = 0, echo=print) -> d
         import shutil
 
         shutil.rmtree(out)
-    experts = demo_experts()
-    if not experts:
+    experts = trained_in_demo(size.image_size)
+    if not any(issubclass(expert_class, HFVisionExpert) for _, expert_class, _ in experts):
         raise FdcoreError("the demo trains transformer experts, and none is installed: "
                           "pip install -e experts/clip -e experts/siglip (see the README)")
     steps = len(experts) + 3
@@ -166,19 +181,16 @@ def run_demo(out: Path, size_name: str = "full", seed: int = 0, echo=print) -> d
                             generator_seed=seed)
 
     members = []
-    for step, (kind, expert_class) in enumerate(experts, start=2):
-        echo(f"[{step}/{steps}] training a tiny {kind}-architecture expert: stage 1 BCE ({size.stage1_epochs} "
-             f"epochs), stage 2 dense self-distillation ({size.stage2_epochs} epoch), featdistill degradations")
-        config_path = out / "runs" / f"{kind}_backbone.json"
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        architecture = expert_class.small_architecture(size.hidden, size.layers, heads=2, patch_size=8,
-                                                       image_size=size.image_size, mlp_ratio=2)
-        config_path.write_text(json.dumps(architecture, indent=2))
-        config = {**DEFAULTS, "expert": kind, "init": "random", "backbone_config": str(config_path),
-                  "data": [str(train_dir)], "output_dir": str(out / "runs" / kind), "epochs": size.stage1_epochs,
-                  "stage2_epochs": size.stage2_epochs, "batch_size": 16, "lr": 1e-3, "warmup_fraction": 0.1,
-                  "seed": seed + step, "workers": 2, "log_every": 20, "validation_fraction": 0.1,
-                  "mixed_precision": "no"}
+    for step, (kind, expert_class, options) in enumerate(experts, start=2):
+        # the demo's schedule, under the expert's own training defaults (NPR: Adam at 2e-4, no degradations)
+        config = {**DEFAULTS, "lr": 1e-3, "warmup_fraction": 0.1, **expert_class.training_defaults,
+                  "expert": kind, "expert_options": options, "data": [str(train_dir)],
+                  "output_dir": str(out / "runs" / kind), "epochs": size.stage1_epochs,
+                  "stage2_epochs": size.stage2_epochs, "batch_size": 16, "seed": seed + step, "workers": 2,
+                  "log_every": 20, "validation_fraction": 0.1, "mixed_precision": "no", "progress": False}
+        policy = config["policy"] if config["policy"] != "none" else "no degradations"
+        echo(f"[{step}/{steps}] training a small {kind} expert: stage 1 BCE ({size.stage1_epochs} epochs), stage 2 "
+             f"dense self-distillation ({size.stage2_epochs} epoch), {policy}")
         expert_dir = training_function(config)
         members.append({"name": f"{kind}_1", "path": f"{kind}_1", "weight": 1.0, "source": expert_dir})
 

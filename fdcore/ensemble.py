@@ -229,10 +229,12 @@ class Ensemble:
         return resize_for_geometries(rgb_image, self.geometries)
 
     def probabilities_from_resized(self, resized: Sequence[Any]):
-        """Per-geometry uint8 batches ``[B, S, S, 3]`` -> P(AI-generated) ``[n_experts, B]`` float64 numpy.
+        """Per-geometry uint8 batches ``[B, S, S, 3]`` (``[B, K, S, S, 3]`` for a grid of K windows) -> P(AI-generated)
+        ``[n_experts, B]`` float64 numpy.
 
         Normalisation runs here, per expert, with the same float32 operations as
-        :meth:`fdcore.Preprocessing.normalize`, so results are bitwise those of ``expert.preprocess``.
+        :meth:`fdcore.Preprocessing.normalize`, so results are bitwise those of ``expert.preprocess``; an expert with
+        a window grid gets every window and averages its logits per image (:meth:`fdcore.Expert.probabilities`).
         """
         import torch
 
@@ -242,22 +244,26 @@ class Ensemble:
         out = np.empty((len(self.members), count), dtype=np.float64)
         if count == 0:
             return out
+        windows = [batch.shape[1] if batch.ndim == 5 else 1 for batch in batches]
         with torch.inference_mode():
             # uint8 travels to the device (4x less than float32); normalisation runs there. Contiguous NCHW like
             # Preprocessing.normalize: a permuted (channels-last) tensor would make convolutions pick other kernels
             # and change the last bits of the scores.
-            floats = [batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
-                      .to(torch.float32).div_(255.0) for batch in batches]
+            floats = [batch.to(self.device, non_blocking=True).reshape(-1, *batch.shape[-3:]).permute(0, 3, 1, 2)
+                      .contiguous().to(torch.float32).div_(255.0) for batch in batches]
             for row, member in enumerate(self.members):
                 preprocessing = member.expert.preprocessing
+                geometry = self._geometry_of_member[row]
                 mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
                 std = torch.tensor(preprocessing.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-                pixels = floats[self._geometry_of_member[row]].sub(mean).div_(std).to(dtype)
-                if count == 1:
+                pixels = floats[geometry].sub(mean).div_(std).to(dtype)
+                if count * windows[geometry] == 1:
                     # CPU kernels take another path for a batch of one (last-bit differences); padding it to two
                     # keeps every image's score independent of how the images were batched.
                     pixels = torch.cat([pixels, pixels])
-                out[row] = member.expert.probabilities(pixels)[:count].float().cpu().numpy().astype(np.float64)
+                probabilities = (member.expert.probabilities(pixels) if windows[geometry] == 1 else
+                                 member.expert.probabilities(pixels, crops_per_image=windows[geometry]))
+                out[row] = probabilities[:count].float().cpu().numpy().astype(np.float64)
         return out
 
     def expert_probabilities(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
@@ -380,6 +386,74 @@ def write_ensemble(directory, members: Sequence[dict], aggregator: str = "mean",
     target = directory / ENSEMBLE_FILE
     write_json_atomic(target, document)
     return target
+
+
+def create_ensemble(out, experts: Sequence[str | os.PathLike | tuple[str, str | os.PathLike]],
+                    weights: Sequence[float] | None = None, aggregator: str = "mean", card: dict | None = None) -> Path:
+    """Assemble trained expert directories (any plugins, mixed preprocessing) into a new ensemble directory ``out``.
+
+    Args:
+        out: the ensemble directory to create; it must not exist (it appears complete or not at all).
+        experts: expert directories (``fdcore.save_expert`` / ``OUTPUT_DIR/expert`` of a training run), each
+            optionally as ``(member name, directory)``; a plain directory is named after its registered expert
+            (``npr``, ``clip``...), so two experts of one kind need explicit names.
+        weights: one non-negative weight per expert (default all 1), used by weighted rules.
+        aggregator: the ensemble's default fusion rule (a registered aggregator).
+        card: extra JSON-ready provenance, stored under ``card``.
+
+    Every file an expert's manifest lists is copied into ``out`` and its size and SHA-256 are checked on the copy
+    itself; each copy is then loaded (its plugin must be installed), so ``out`` holds no reference outside itself
+    and ``fdcore predict``, ``evaluate``, ``calibrate`` and :func:`load_ensemble` accept it.
+    """
+    from fdcore import registry
+    from fdcore.expert_io import (CONFIG_FILE, MANIFEST_FILE, copy_verified_expert, expert_identity, load_expert,
+                                  read_expert_config)
+    from fdcore.fileio import new_directory_atomic
+
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise EnsembleError(f"{out} already exists; choose a new ensemble directory (an ensemble is never "
+                            "overwritten)")
+    if not experts:
+        raise EnsembleError("an ensemble needs at least one expert: give --expert DIR (repeatable)")
+    try:
+        registry.get_aggregator(aggregator)
+    except registry.UnknownNameError as exc:
+        raise EnsembleError(f"--aggregator: {exc}") from None
+    if weights is not None and len(weights) != len(experts):
+        raise EnsembleError(f"{len(weights)} weights for {len(experts)} experts; give one --weight per --expert, "
+                            "in the same order")
+    named = []
+    for item in experts:
+        name, directory = (item if isinstance(item, tuple) else (None, item))
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise EnsembleError(f"expert {directory} is not a directory; pass the folder holding expert.json "
+                                "(a training run's OUTPUT_DIR/expert)")
+        if not (directory / CONFIG_FILE).is_file() or not (directory / MANIFEST_FILE).is_file():
+            hint = (" (that is an ensemble: pass its member directories)" if (directory / ENSEMBLE_FILE).is_file()
+                    else "")
+            raise EnsembleError(f"{directory} is not an fdcore expert directory: it needs {CONFIG_FILE} and "
+                                f"{MANIFEST_FILE}{hint}")
+        kind = read_expert_config(directory).get("expert")
+        named.append((name or str(kind), directory))
+    names = [name for name, _ in named]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise EnsembleError(f"member names must be unique, and {', '.join(map(repr, duplicates))} appears more than "
+                            "once; name the members: --expert NAME=DIR (e.g. clip_1=runs/a/expert "
+                            "clip_2=runs/b/expert)")
+    members = _validate_members([{"name": name, "path": name, "weight": 1.0 if weights is None else weights[i]}
+                                 for i, name in enumerate(names)], "ensemble create")
+    sources = {}
+    with new_directory_atomic(out) as staging:
+        for (name, directory), member in zip(named, members):
+            copied = copy_verified_expert(directory, staging / name)
+            load_expert(copied)  # the copy builds: its plugin is installed and weights fit its architecture
+            sources[name] = {"source": str(directory.resolve()), "identity": expert_identity(copied)}
+        write_ensemble(staging, members, aggregator=aggregator,
+                       card={**(card or {}), "members": sources})
+    return out
 
 
 def read_ensemble_json(directory) -> dict:

@@ -255,6 +255,12 @@ def run_calibration(ensemble_path, data, plan: VariantPlan, method: str = "tempe
 
     directory = Path(ensemble_path)
     if not (directory / ENSEMBLE_FILE).is_file():
+        from fdcore.expert_io import CONFIG_FILE
+
+        if (directory / CONFIG_FILE).is_file():
+            raise EvaluationError(f"{directory} is a single expert; calibration is stored with an ensemble: create "
+                                  f"one first with `fdcore ensemble create ENSEMBLE_DIR --expert {directory}`, then "
+                                  "calibrate ENSEMBLE_DIR")
         raise EvaluationError(f"{directory} has no {ENSEMBLE_FILE}: calibration is stored with an fdcore ensemble "
                               "(convert a FeatDistill release with `fdcore expert import-featdistill` first)")
     ensemble = load_ensemble(directory, device=device, precision=precision)

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -33,6 +34,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "expert.json"
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
+# Files a manifest may list: plain names inside the expert directory (no separators, no "..", no hidden files).
+_PLAIN_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 # A safetensors header is a few hundred kB even for ViT-g; refuse absurd claims before allocating anything.
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
@@ -224,6 +227,8 @@ def read_manifest(directory: Path) -> dict:
         if manifest.get("schema_version") != 1 or not isinstance(files, dict):
             raise ValueError("unsupported schema")
         for name, entry in files.items():
+            if not isinstance(name, str) or not _PLAIN_FILE_NAME.match(name) or name == MANIFEST_FILE:
+                raise ValueError(f"file name {name!r} is not a plain file name inside the directory")
             if not isinstance(entry.get("size_bytes"), int) or len(str(entry.get("sha256", ""))) != 64:
                 raise ValueError(f"bad entry for {name}")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -452,3 +457,36 @@ def load_expert(directory, device: str = "cpu", dtype=None):
     if dtype is not None:
         expert.to(dtype=dtype)
     return expert.to(device)
+
+
+def copy_verified_expert(source, target) -> Path:
+    """Copy an expert directory's manifest and every file it lists to ``target`` (which must not exist), checking
+    each copy's size and SHA-256 against the manifest on the bytes written; files the manifest does not list are not
+    copied. A mismatch raises :class:`ExpertFormatError` naming the file, and ``target`` is removed."""
+    source, target = Path(source), Path(target)
+    manifest = read_manifest(source)
+    target.mkdir(parents=False, exist_ok=False)
+    try:
+        for name, entry in sorted(manifest["files"].items()):
+            origin = source / name
+            if origin.is_symlink() or not origin.is_file():
+                raise ExpertFormatError(f"{origin} is listed in {source / MANIFEST_FILE} but is missing or not a "
+                                        "regular file")
+            digest, size = hashlib.sha256(), 0
+            with open(origin, "rb") as reader, open(target / name, "xb") as writer:
+                while chunk := reader.read(1 << 24):
+                    digest.update(chunk)
+                    writer.write(chunk)
+                    size += len(chunk)
+                    if size > entry["size_bytes"]:
+                        break
+                writer.flush()
+                os.fsync(writer.fileno())
+            if size != entry["size_bytes"] or digest.hexdigest() != entry["sha256"]:
+                raise ExpertFormatError(f"{origin} does not match {source / MANIFEST_FILE} (size or SHA-256 "
+                                        "differs): the expert is corrupt or was modified; re-export it")
+        _write_json(target / MANIFEST_FILE, manifest)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return target

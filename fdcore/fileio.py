@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def write_bytes_atomic(path, data: bytes) -> Path:
@@ -33,3 +35,24 @@ def write_text_atomic(path, text: str) -> Path:
 
 def write_json_atomic(path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def new_directory_atomic(target) -> Iterator[Path]:
+    """Build a directory that must not exist yet: yields a staging directory beside ``target`` and renames it into
+    place when the block succeeds, so ``target`` appears complete or not at all (removed staging on any failure,
+    and a ``FileExistsError`` if ``target`` appeared meanwhile)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    try:
+        yield staging
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(f"{target} appeared while it was being written; nothing was replaced")
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -238,6 +238,13 @@ class HFVisionExpert(Expert):
         return {"backbone_config": dict(cls.tiny_architecture), "seed": 0}
 
     @classmethod
+    def demo_options(cls, image_size: int) -> dict:
+        """A two-block transformer of this architecture (8 px patches) for ``fdcore demo``."""
+        hidden = 64 if image_size >= 64 else 32
+        return {"backbone_config": cls.small_architecture(hidden, 2, heads=2, patch_size=8, image_size=image_size,
+                                                          mlp_ratio=2)}
+
+    @classmethod
     def describe(cls) -> dict:
         return {"input_size": int(cls.default_architecture.get("image_size", 0)),
                 "parameters": _parameter_count(cls),

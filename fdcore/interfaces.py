@@ -27,6 +27,9 @@ class Expert(torch.nn.Module, metaclass=abc.ABCMeta):
     description: ClassVar[str] = ""
     # Layers whose token maps :meth:`features` returns when none are asked for.
     default_feature_layers: ClassVar[tuple[str, ...]] = ()
+    # Recipe options (keys of fdcore.recipes.two_stage.DEFAULTS) this expert trains best with, e.g. a from-scratch
+    # CNN's learning rate; the training recipe uses them wherever the user set nothing else.
+    training_defaults: ClassVar[dict[str, Any]] = {}
 
     preprocessing: Preprocessing
     config: dict
@@ -36,12 +39,21 @@ class Expert(torch.nn.Module, metaclass=abc.ABCMeta):
         """Logits ``[B, 2]`` for preprocessed pixels ``[B, 3, S, S]``."""
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
-        """PIL images (RGB) -> the normalised batch ``[B, 3, S, S]`` this expert expects."""
+        """PIL images (RGB) -> the normalised batch ``[B * K, 3, S, S]`` this expert expects (K =
+        ``preprocessing.crops`` windows per image, consecutive; 1 for most experts)."""
         return self.preprocessing.batch(images)
 
-    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
-        """P(AI-generated) per image, ``[B]`` float32."""
-        return torch.softmax(self.forward(pixels).float(), dim=-1)[:, 1]
+    def probabilities(self, pixels: torch.Tensor, crops_per_image: int = 1) -> torch.Tensor:
+        """P(AI-generated) per image, ``[B]`` float32.
+
+        With ``crops_per_image`` K > 1, ``pixels`` holds K consecutive windows of each image (``[B * K, 3, S, S]``,
+        a ``crops`` grid of :class:`fdcore.Preprocessing`) and the logits are averaged over each image's windows
+        before the softmax.
+        """
+        logits = self.forward(pixels).float()
+        if crops_per_image > 1:
+            logits = logits.view(-1, crops_per_image, logits.shape[-1]).mean(dim=1)
+        return torch.softmax(logits, dim=-1)[:, 1]
 
     def features(self, pixels: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Token feature maps ``{layer: [B, N, C]}`` of the named layers (default :attr:`default_feature_layers`)."""
@@ -69,6 +81,12 @@ class Expert(torch.nn.Module, metaclass=abc.ABCMeta):
         """Constructor kwargs for a small, fast instance with random weights and no download (conformance tests,
         smoke runs); ``{}`` means the default construction is already small."""
         return {}
+
+    @classmethod
+    def demo_options(cls, image_size: int) -> dict | None:
+        """Constructor kwargs of a small instance that ``fdcore demo`` trains from scratch on ``image_size`` px
+        images in a minute or two on a CPU, or None (the default) to leave this expert out of the demo."""
+        return None
 
 
 class Degrader(metaclass=abc.ABCMeta):

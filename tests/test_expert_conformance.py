@@ -23,7 +23,7 @@ EXPERTS = fdcore.list_experts()
 
 
 def test_the_shipped_expert_plugins_are_registered():
-    assert {"clip", "siglip", "toy"} <= set(EXPERTS)
+    assert {"clip", "siglip", "npr", "toy"} <= set(EXPERTS)
 
 
 def _tiny(name):
@@ -119,7 +119,7 @@ def test_int8_quantised_expert_stays_close_to_fp32(name, tmp_path):
 def test_importing_expert_plugins_loads_neither_torch_nor_transformers():
     code = textwrap.dedent("""
         import sys
-        import fdcore_clip, fdcore_siglip, fdcore.cli
+        import fdcore_clip, fdcore_siglip, fdcore_npr, fdcore.cli
         heavy = sorted(name for name in ("torch", "transformers") if name in sys.modules)
         print(",".join(heavy))
     """)
@@ -135,6 +135,8 @@ def test_fdcore_list_experts_shows_parameter_counts_and_input_sizes():
     assert (listed["clip"]["input_size"], listed["clip"]["parameters"]) == (224, 304_163_586)
     assert (listed["siglip"]["input_size"], listed["siglip"]["parameters"]) == (384, 428_521_282)
     assert listed["clip"]["provider"] == "fdcore-clip" and listed["siglip"]["provider"] == "fdcore-siglip"
+    assert (listed["npr"]["input_size"], listed["npr"]["parameters"], listed["npr"]["provider"]) == \
+        (224, 1_438_274, "fdcore-npr")
     from click.testing import CliRunner
 
     from fdcore.cli import cli

@@ -358,3 +358,28 @@ def test_read_records_csv(tmp_path):
     bad.write_text("image_id,label,score\na,0,2.0\n", encoding="utf-8")
     with pytest.raises(RecordError, match="bad.csv.*'a'"):
         read_records_csv(bad)
+
+
+def test_paired_bootstrap_difference_is_paired_clustered_and_seeded():
+    import numpy as np
+
+    from fdcore.metrics import paired_bootstrap_auc_difference, roc_auc
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 60)
+    truth = labels + rng.normal(0, 0.8, labels.size)
+    better = truth + rng.normal(0, 0.2, labels.size)
+    worse = truth + rng.normal(0, 1.5, labels.size)
+    result = paired_bootstrap_auc_difference(labels, better, worse, replicates=300, seed=3)
+    assert result["difference"] == pytest.approx(roc_auc(labels, better) - roc_auc(labels, worse))
+    assert 0 < result["ci"][0] < result["difference"] < result["ci"][1] and result["p_a_not_better"] < 0.05
+    assert result == paired_bootstrap_auc_difference(labels, better, worse, replicates=300, seed=3)
+    same = paired_bootstrap_auc_difference(labels, better, better, replicates=50)
+    assert same["difference"] == 0 and same["ci"] == [0.0, 0.0] and same["p_a_not_better"] == 1.0
+    # two copies of each image: resampling whole images widens the interval compared with treating copies apart
+    doubled = [np.repeat(values, 2) for values in (labels, better, worse)]
+    grouped = paired_bootstrap_auc_difference(*doubled, groups=np.repeat(np.arange(labels.size), 2), replicates=300)
+    loose = paired_bootstrap_auc_difference(*doubled, replicates=300)
+    assert grouped["ci"][1] - grouped["ci"][0] > 1.2 * (loose["ci"][1] - loose["ci"][0])
+    with pytest.raises(Exception, match="one id per score"):
+        paired_bootstrap_auc_difference(labels, better, worse, groups=[1, 2])

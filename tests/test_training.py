@@ -302,3 +302,80 @@ def test_stage2_has_its_own_lower_peak_learning_rate(learnable_folder, tmp_path)
                "--stage2-epochs", "1", "--warmup-fraction", "0", "--stage2-lr", "1e-3", "--no-progress")
     assert max(entry["lr"] for entry in read_log(other) if entry.get("stage") == 2 and "lr" in entry) == \
         pytest.approx(1e-3, rel=0.05)
+
+
+# -- a run folder is untrusted input: resuming executes nothing and reads nothing outside it --------------------------
+
+def _interrupted_stage2_run(folder, output, distiller="crd"):
+    run_recipe("--data", str(folder), "--output-dir", str(output), "--policy", "none", "--epochs", "1",
+               "--stage2-epochs", "2", "--distiller", distiller, "--stop-after", "14", "--no-progress")
+    checkpoints = output / "stage2" / "checkpoints"
+    assert (checkpoints / "latest.json").is_file()
+    return checkpoints
+
+
+def _resume(output):
+    from fdcore.recipes.two_stage import parse_args, training_function
+
+    return training_function(parse_args(["--output-dir", str(output), "--resume", "--no-progress"]))
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>``: what an attacker plants in a run folder."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_planted_in_a_run_folder_is_never_unpickled(learnable_folder, tmp_path):
+    import pickle
+
+    output = tmp_path / "run"
+    checkpoints = _interrupted_stage2_run(learnable_folder, output)
+    latest = checkpoints / json.loads((checkpoints / "latest.json").read_text())["checkpoint"]
+    marker = tmp_path / "owned"
+    (latest / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(training.TrainingError, match="custom_checkpoint_0.pkl"):
+        _resume(output)
+    assert not marker.exists()
+    (latest / "custom_checkpoint_0.pkl").unlink()
+    optimizer = latest / "optimizer.bin"
+    original = optimizer.read_bytes()
+    import torch as _torch
+
+    _torch.save({"state": pickle.dumps(_Payload(marker))}, optimizer)  # a replaced file: refused by its hash
+    with pytest.raises(training.TrainingError, match="optimizer.bin"):
+        _resume(output)
+    assert not marker.exists()
+    optimizer.write_bytes(original)
+    run_recipe("--output-dir", str(output), "--resume")  # the untouched checkpoint still resumes
+    assert (output / "expert" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("pointer", ["../../elsewhere", "/tmp", "step_00000001/../../x", "step_1", 7])
+def test_latest_json_cannot_point_outside_the_run(learnable_folder, tmp_path, pointer):
+    output = tmp_path / "run"
+    checkpoints = _interrupted_stage2_run(learnable_folder, output, distiller="dense-l2")
+    record = json.loads((checkpoints / "latest.json").read_text())
+    record["checkpoint"] = pointer
+    (checkpoints / "latest.json").write_text(json.dumps(record))
+    with pytest.raises(training.TrainingError, match="tampered"):
+        _resume(output)
+
+
+def test_crd_resumed_mid_stage_equals_an_uninterrupted_run(learnable_folder, tmp_path):
+    common = ["--data", str(learnable_folder), "--policy", "none", "--epochs", "1", "--stage2-epochs", "2",
+              "--distiller", "crd", "--no-progress"]
+    run_recipe(*common, "--output-dir", str(tmp_path / "straight"))
+    checkpoints = _interrupted_stage2_run(learnable_folder, tmp_path / "interrupted")
+    latest = checkpoints / json.loads((checkpoints / "latest.json").read_text())["checkpoint"]
+    assert (latest / "distiller.safetensors").is_file() and not list(latest.glob("*.pkl"))[1:]
+    run_recipe("--output-dir", str(tmp_path / "interrupted"), "--resume")
+    straight = fdcore.load_expert(tmp_path / "straight" / "expert").state_dict()
+    resumed = fdcore.load_expert(tmp_path / "interrupted" / "expert").state_dict()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)

@@ -20,7 +20,7 @@ OPERATOR_MODULES = (
     "fdcore.degradations.ops_occlusion",
 )
 # Presets shipped as YAML in fdcore/degradations/policies/, registered under their file names.
-POLICY_PRESETS = ("ntire2026", "featdistill", "ntire2026-test-like")
+POLICY_PRESETS = ("ntire2026", "featdistill", "ntire2026-test-like", "jpeg-recompress")
 
 
 def operator_classes() -> list[type]:

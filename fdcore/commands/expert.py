@@ -255,8 +255,9 @@ def _echo_expert(info: dict, title: str | None = None) -> None:
                    f"hidden {arch.get('hidden_size', '?')}, patch {arch.get('patch_size', '?')}")
     click.echo(f"  weights       {weights['parameters']:,} parameters in {weights['tensors']} tensors "
                f"({', '.join(weights['dtypes'])})")
-    click.echo(f"  input         {pre.get('size')} px, {pre.get('resize')} {pre.get('interpolation')}, "
-               f"mean {pre.get('mean')}, std {pre.get('std')}")
+    geometry = (f"native-resolution windows, {pre.get('crops', 1)} per image" if pre.get("resize") == "native"
+                else f"{pre.get('resize')} {pre.get('interpolation')}")
+    click.echo(f"  input         {pre.get('size')} px, {geometry}, mean {pre.get('mean')}, std {pre.get('std')}")
     click.echo(f"  versions      {', '.join(f'{k} {v}' for k, v in (info.get('versions') or {}).items())}")
     source = (info.get("card") or {}).get("source")
     if source:

@@ -101,8 +101,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     ``pixels_view2`` and ``degradation_view2``, a second, independently degraded view of the same image, for which
     ``degrade`` is called with ``view=1`` and must accept that keyword.
 
-    With ``random_crop_seed``, experts whose preprocessing is ``resize="crop"`` (native resolution) train on a
-    random window of their input size, drawn per (seed, epoch, index), instead of the centre one.
+    With ``random_crop_seed``, experts whose preprocessing is at native resolution (``resize="crop"`` or
+    ``"native"``) train on a random window of their input size, drawn per (seed, epoch, index), instead of the centre
+    one.
 
     Call :meth:`use_epoch` before each epoch (with non-persistent DataLoader workers, so that they see it). The method
     is deliberately not called ``set_epoch``: accelerate's prepared data loaders call ``dataset.set_epoch`` with their
@@ -130,7 +131,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.views = views
         self.epoch = epoch
         self.random_crop_seed = random_crop_seed
-        native = [p.size for p in self.preprocessing.values() if p.resize == "crop"]
+        native = [p.size for p in self.preprocessing.values() if p.native]
         self._crop_size = max(native) if native and random_crop_seed is not None else None
 
     def use_epoch(self, epoch: int) -> None:

@@ -144,6 +144,7 @@ def parse_args(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     config = dict(DEFAULTS)
+    explicit: set[str] = set()
     if args.config:
         import yaml
 
@@ -155,9 +156,11 @@ def parse_args(argv=None) -> dict:
         if unknown:
             parser.error(f"{args.config}: unknown keys {unknown}; valid keys: {sorted(DEFAULTS)}")
         config.update(loaded)
+        explicit |= set(loaded)
     for key, value in vars(args).items():
         if key != "config" and value is not None:
             config[key] = value
+            explicit.add(key)
     if isinstance(config["data"], str):
         config["data"] = [config["data"]]
     if not config["output_dir"]:
@@ -170,7 +173,25 @@ def parse_args(argv=None) -> dict:
             parser.error("--expert is required (see `fdcore list experts`)")
         if not config["data"]:
             parser.error("--data is required")
+        config.update(expert_training_defaults(config["expert"], explicit, parser.error))
     return config
+
+
+def expert_training_defaults(expert_name: str, explicit: set[str], fail) -> dict:
+    """The expert class's ``training_defaults`` for every option the user did not set (command line or --config)."""
+    from fdcore import registry
+    from fdcore.errors import FdcoreError
+
+    try:
+        expert_class = registry.get("experts", expert_name)
+    except FdcoreError as exc:
+        fail(str(exc))
+    defaults = dict(getattr(expert_class, "training_defaults", {}) or {})
+    unknown = sorted(set(defaults) - set(DEFAULTS))
+    if unknown:
+        fail(f"expert {expert_name!r} declares training defaults for unknown options {unknown}; valid keys: "
+             f"{sorted(DEFAULTS)} (a bug in the plugin that provides it)")
+    return {key: value for key, value in defaults.items() if key not in explicit}
 
 
 class StopRequested(Exception):
@@ -271,6 +292,9 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
     from fdcore import training
     from fdcore.recipes import pipeline
 
+    # Forget the previous stage's prepared objects: save_state writes every prepared model, so stage 2's checkpoints
+    # would otherwise lead with stage 1's model, and a resumed stage 2 would load it into its student.
+    accelerator.free_memory()
     set_seed(config["seed"] + stage)
     epochs = config["epochs"] if stage == 1 else config["stage2_epochs"]
     views = getattr(distiller, "needs_views", 1) if distiller else 1
@@ -307,7 +331,6 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
         train_loader = accelerator.prepare(train_loader)
     validation_loaders = {name: accelerator.prepare(dl) for name, dl in validation_loaders.items()}
     if distiller is not None:
-        accelerator.register_for_checkpointing(distiller)
         if hasattr(distiller, "gather"):
             distiller.gather = accelerator.gather
         distiller.teacher.to(accelerator.device)
@@ -318,7 +341,7 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
     latest = checkpoints.latest()
     if latest is not None:
         path, progress = latest
-        accelerator.load_state(str(path))
+        checkpoints.load(accelerator, path, distiller)
         global_step, start_epoch, skip_batches = progress["global_step"], progress["epoch"], progress["batch_in_epoch"]
         accelerator.print(f"stage {stage}: resuming at epoch {start_epoch}, batch {skip_batches}, step {global_step}")
     samples = pipeline.SampleRecorder.for_run(config, stage, accelerator, resumed_at_step=global_step)
@@ -376,12 +399,12 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
                           seconds=round(time.time() - started, 2), **meter.running())
             progress = {"stage": stage, "epoch": epoch, "batch_in_epoch": batch_index + 1, "global_step": global_step}
             if config["checkpoint_every"] and global_step % config["checkpoint_every"] == 0:
-                checkpoints.save(accelerator, progress)
+                checkpoints.save(accelerator, progress, distiller)
             steps_this_invocation += 1
             if config["stop_after"] and steps_this_invocation >= config["stop_after"]:
                 meter.close()
                 samples.close()
-                checkpoints.save(accelerator, progress)
+                checkpoints.save(accelerator, progress, distiller)
                 accelerator.print(f"stage {stage}: stopping after {steps_this_invocation} steps as asked; "
                                   "continue with --resume")
                 raise StopRequested()
@@ -396,7 +419,7 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
         log.write(stage=stage, epoch=epoch, step=global_step, **metrics)
         accelerator.print(pipeline.epoch_line(stage, epoch, epochs, meter.running(), metrics))
         checkpoints.save(accelerator, {"stage": stage, "epoch": epoch + 1, "batch_in_epoch": 0,
-                                       "global_step": global_step})
+                                       "global_step": global_step}, distiller)
     samples.close()
 
     if accelerator.is_main_process:
