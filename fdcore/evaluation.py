@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -185,20 +184,15 @@ def _set_total(progress, total: int) -> None:
 
 def write_records_csv(records: list[dict], path: Path) -> None:
     """All records as CSV (one row per scored variant, with the exact degradation record as JSON)."""
-    import csv
+    from fdcore.csvfile import write_csv_atomic
+    from fdcore.fileio import write_text_atomic
 
     if not records:
-        path.write_text("")
+        write_text_atomic(path, "")
         return
     columns = list(records[0])
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for record in records:
-            writer.writerow({key: (f"{value:.8f}" if isinstance(value, float) else value)
-                             for key, value in record.items()})
-    os.replace(temporary, path)
+    write_csv_atomic(path, columns, ([f"{record[key]:.8f}" if isinstance(record[key], float) else record[key]
+                                      for key in columns] for record in records))
 
 
 def run_evaluation(ensemble_path, data, out_dir, plan: VariantPlan, aggregator: str | None = None,

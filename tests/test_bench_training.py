@@ -35,3 +35,17 @@ def test_tiny_mode_writes_measurements_checks_and_the_gpu_estimate(tmp_path):
     assert by_key[(1, "fp16-amp", True, "sdpa")] < by_key[(1, "fp16-amp", False, "sdpa")]
     assert by_key[(2, "fp16-amp", False, "sdpa")] > by_key[(1, "fp16-amp", False, "sdpa")]
     assert set(estimate["verdict"]["siglip"]) >= {"half_met_with_bf16_amp_and_checkpointing", "half_of_paper_gib"}
+
+
+def test_the_npr_benchmark_runs_in_its_tiny_mode(tmp_path):
+    out = tmp_path / "npr.json"
+    script = SCRIPT.with_name("bench_npr.py")
+    done = subprocess.run([sys.executable, str(script), "--tiny", "--crops", "1,4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    kinds = [row["kind"] for row in result["results"]]
+    assert kinds.count("inference") == 4 and "training" in kinds
+    for row in result["results"]:
+        assert row["images_per_s"] > 0 and row["peak_rss_mib"] > 0
+    assert "flags" in result["environment"] and result["environment"]["tiny"] is True

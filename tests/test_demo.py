@@ -12,16 +12,17 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "not a real-world detector" in result.stdout
     assert "clean ROC AUC" in result.stdout and "robust ROC AUC" in result.stdout
-    for step in range(1, 6):
-        assert f"[{step}/5]" in result.stdout  # data, two experts, predict, evaluate
+    for step in range(1, 7):
+        assert f"[{step}/6]" in result.stdout  # data, three experts, predict, evaluate
 
     ensemble = json.loads((out / "ensemble" / "ensemble.json").read_text())
-    assert [member["name"] for member in ensemble["experts"]] == ["clip_1", "siglip_1"]
+    assert [member["name"] for member in ensemble["experts"]] == ["clip_1", "npr_1", "siglip_1"]
     assert ensemble["aggregator"] == "mean" and ensemble["card"]["synthetic_data"] is True
     for member in ensemble["experts"]:
         card = json.loads((out / "ensemble" / member["path"] / "expert.json").read_text())["card"]
         assert card["hyperparameters"]["distiller"] == "dense-l2"
-        assert card["hyperparameters"]["policy"] == "featdistill"
+        # NPR trains without degradations by default: they would resample the pixels it reads
+        assert card["hyperparameters"]["policy"] == ("none" if member["name"] == "npr_1" else "featdistill")
 
     with open(out / "predictions" / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -3,7 +3,6 @@ memory-mapped float weights once packed."""
 
 import warnings
 
-import pytest
 import torch
 
 from fdcore.int8 import Int8Linear, quantize_int8

@@ -338,3 +338,40 @@ def test_featdistill_layout_scores_equal_an_independent_forward_pass(clean, tmp_
     meta = json.loads((out / "predictions.meta.json").read_text())
     assert meta["ensemble"]["kind"] == "featdistill-release"
     assert meta["ensemble"]["experts"][0]["identity"] == "sha256:" + manifest["files"]["Expert_1_clip.pth"]["sha256"]
+
+
+HOSTILE_NAMES = ["zz\rvictim.png", "victim.png", "new\nline.png", 'quo"te.png', "com,ma.png", "\ufeffbom.png",
+                 "=1+2.png", "+plus.png", "-minus.png", "@at.png", " space .png", "tab\tname.png"]
+
+
+def test_every_csv_round_trips_any_file_name_and_rows_cannot_be_forged(toy_ensemble, tmp_path):
+    import pandas
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, name in enumerate(HOSTILE_NAMES):
+        Image.new("RGB", (40, 40), (index * 20, 30, 60)).save(images / name, format="PNG")
+    (images / "=bad\r,name.png").write_bytes(b"not an image")  # an error row with a hostile name
+    out = tmp_path / "out"
+    summary = run(images, toy_ensemble, out, per_expert=True)
+    assert summary.scored == len(HOSTILE_NAMES)
+    predictions = read_csv(out / "predictions.csv")
+    assert sorted(row["image_name"] for row in predictions) == sorted(HOSTILE_NAMES)
+    frame = pandas.read_csv(out / "predictions.csv", keep_default_na=False, dtype=str)
+    assert sorted(frame["image_name"]) == sorted(HOSTILE_NAMES)
+    scores = {row["image_name"]: row["score"] for row in predictions}
+    assert scores["victim.png"] != scores["zz\rvictim.png"]  # the attacker's row did not become the victim's
+    errors = read_csv(out / "errors.csv")
+    assert [row["image_name"] for row in errors] == ["=bad\r,name.png"]
+    assert pandas.read_csv(out / "errors.csv", keep_default_na=False, dtype=str)["image_name"].tolist() == \
+        ["=bad\r,name.png"]
+    info = pandas.read_csv(out / "image_info.csv", keep_default_na=False, dtype=str)
+    assert sorted(info["image_name"]) == sorted(HOSTILE_NAMES)
+
+    safe = tmp_path / "safe"
+    run(images, toy_ensemble, safe, excel_safe=True)
+    safe_names = sorted(row["image_name"] for row in read_csv(safe / "predictions.csv"))
+    assert "'=1+2.png" in safe_names and "'+plus.png" in safe_names and "'-minus.png" in safe_names
+    assert "'@at.png" in safe_names and "victim.png" in safe_names and "=1+2.png" not in safe_names
+    assert read_csv(safe / "errors.csv")[0]["image_name"] == "'=bad\r,name.png"
+    assert json.loads((safe / "predictions.meta.json").read_text())["run"]["excel_safe"] is True

@@ -10,7 +10,6 @@ the number of files.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from fdcore.csvfile import write_csv_atomic
 from fdcore.errors import FdcoreError
 from fdcore.fileio import write_bytes_atomic
 
@@ -113,11 +113,8 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
             if not skipped.ignored:
                 rows.append(row_without_output(skipped.name, f"skipped: {skipped.code}: {skipped.detail}"))
         rows.sort(key=lambda row: row["path"])
-        table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_bytes_atomic(out_dir / CSV_NAME, table.getvalue().encode("utf-8"))
+        write_csv_atomic(out_dir / CSV_NAME, CSV_COLUMNS, ([row.get(column, "") for column in CSV_COLUMNS]
+                                                          for row in rows))
     return counts
 
 

@@ -58,9 +58,12 @@ def _parse_weights(ctx, param, value):
               show_default=True, help="Refuse images more elongated than this (long side / short side).")
 @click.option("--skip-hash-check", is_flag=True,
               help="Load a FeatDistill release without manifest.json (identity falls back to size + mtime).")
+@click.option("--excel-safe", is_flag=True,
+              help="Prefix text cells starting with = + - @ (tab, CR) with ' so spreadsheets do not run them as "
+                   "formulas; such names then no longer match their files.")
 @click.pass_context
 def command(ctx, images, ensemble, out, aggregator, weights, per_expert, batch_size, workers, precision, device,
-            overwrite, quiet, as_json, save_every, max_pixels, max_aspect_ratio, skip_hash_check):
+            overwrite, quiet, as_json, save_every, max_pixels, max_aspect_ratio, skip_hash_check, excel_safe):
     """Score every image under IMAGES with an ensemble; resumable, fault-tolerant, deterministic."""
     from fdcore.predict import PredictOptions, run_predict
 
@@ -68,7 +71,7 @@ def command(ctx, images, ensemble, out, aggregator, weights, per_expert, batch_s
                              per_expert=per_expert, batch_size=batch_size, workers=workers, precision=precision,
                              device=device, overwrite=overwrite, quiet=quiet, save_every=save_every,
                              max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio,
-                             skip_hash_check=skip_hash_check)
+                             skip_hash_check=skip_hash_check, excel_safe=excel_safe)
     summary = run_predict(options)
     if summary is None:  # a non-zero rank of a distributed run: rank 0 reports
         return

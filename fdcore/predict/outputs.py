@@ -2,19 +2,18 @@
 
 Rows are sorted by ``image_name`` (Unicode code point order, which is also UTF-8 byte order) and numbers use
 one fixed format, so the files are byte-identical whatever the listing order, batch size or worker count.
-Names are written exactly as they are on disk (quoted by the CSV rules when they hold commas, quotes or newlines);
-nothing is prefixed, so a name such as ``=1+2.jpg`` round-trips but should not be opened in a spreadsheet that
-evaluates formulas.
+Names are written exactly as they are on disk (quoted when they hold commas, quotes, carriage returns or newlines:
+:mod:`fdcore.csvfile`); nothing is prefixed unless ``--excel-safe`` asks for it, so a name such as ``=1+2.jpg``
+round-trips but should not be opened in a spreadsheet that evaluates formulas.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from fdcore.csvfile import write_csv_atomic
 from fdcore.fileio import write_text_atomic
 
 SCORE_FORMAT = "{:.8f}"
@@ -27,16 +26,8 @@ def format_score(value: float) -> str:
     return SCORE_FORMAT.format(value)
 
 
-def _csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_predictions(path: Path, rows: Sequence[tuple[str, float, Sequence[float]]],
-                      expert_names: Sequence[str] | None = None) -> None:
+                      expert_names: Sequence[str] | None = None, excel_safe: bool = False) -> None:
     """``rows`` = (image_name, fused score, per-expert probabilities); per-expert columns when names are given."""
     header = list(PREDICTION_COLUMNS) + [f"p_{name}" for name in (expert_names or [])]
     body = []
@@ -45,20 +36,20 @@ def write_predictions(path: Path, rows: Sequence[tuple[str, float, Sequence[floa
         if expert_names:
             line.extend(format_score(p) for p in probabilities)
         body.append(line)
-    write_text_atomic(Path(path), _csv_text(header, body))
+    write_csv_atomic(path, header, body, excel_safe)
 
 
-def write_errors(path: Path, rows: Iterable[tuple[str, str, str]]) -> None:
-    write_text_atomic(Path(path), _csv_text(ERROR_COLUMNS, sorted(rows)))
+def write_errors(path: Path, rows: Iterable[tuple[str, str, str]], excel_safe: bool = False) -> None:
+    write_csv_atomic(path, ERROR_COLUMNS, sorted(rows), excel_safe)
 
 
-def write_image_info(path: Path, rows: Iterable[tuple[str, dict]]) -> None:
+def write_image_info(path: Path, rows: Iterable[tuple[str, dict]], excel_safe: bool = False) -> None:
     body = []
     for name, info in sorted(rows, key=lambda row: row[0]):
         frames = info.get("n_frames")
         body.append([name, info.get("format", ""), info.get("mode", ""), info.get("width", ""),
                      info.get("height", ""), "" if frames is None else frames, ";".join(info.get("notes", []))])
-    write_text_atomic(Path(path), _csv_text(INFO_COLUMNS, body))
+    write_csv_atomic(path, INFO_COLUMNS, body, excel_safe)
 
 
 def write_meta(path: Path, meta: dict) -> None:

@@ -62,6 +62,7 @@ class PredictOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
     skip_hash_check: bool = False
+    excel_safe: bool = False  # prefix formula-like text cells with ' (fdcore.csvfile)
 
 
 @dataclasses.dataclass
@@ -308,9 +309,10 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, aggregator
         plan.work_dir = state.promote(out_dir, plan.work_dir)
     outputs.write_predictions(out_dir / "predictions.csv",
                               [(row["name"], float(score), row["p"]) for row, score in zip(scored_rows, scores)],
-                              ensemble.names if options.per_expert else None)
-    outputs.write_errors(out_dir / "errors.csv", error_rows)
-    outputs.write_image_info(out_dir / "image_info.csv", [(row["name"], row.get("info", {})) for row in scored_rows])
+                              ensemble.names if options.per_expert else None, options.excel_safe)
+    outputs.write_errors(out_dir / "errors.csv", error_rows, options.excel_safe)
+    outputs.write_image_info(out_dir / "image_info.csv", [(row["name"], row.get("info", {})) for row in scored_rows],
+                             options.excel_safe)
     ignored_codes = {skip.code for skip in plan.walk.skipped if skip.ignored}
     reasons: dict[str, int] = {}
     for _, code, _ in error_rows:
@@ -341,7 +343,8 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, aggregator
         "ignored_reasons": sorted(ignored_codes),
         "status": summary.status,
         "run": {"batch_size": options.batch_size, "workers": options.workers, "world_size": world_size,
-                "per_expert": options.per_expert, "save_every": options.save_every},
+                "per_expert": options.per_expert, "save_every": options.save_every,
+                "excel_safe": options.excel_safe},
         "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }
