@@ -356,9 +356,10 @@ def _validate_members(members: Sequence[dict], where: str) -> list[dict]:
         if name in seen:
             raise EnsembleError(f"{where}: expert name {name!r} appears twice")
         seen.add(name)
-        if not isinstance(path, str) or not path or os.path.isabs(path):
-            raise EnsembleError(f"{where}: experts[{index}].path must be a path relative to the ensemble "
-                                f"directory, got {path!r}")
+        if not isinstance(path, str) or not path or os.path.isabs(path) or ".." in Path(path).parts \
+                or "\\" in path:
+            raise EnsembleError(f"{where}: experts[{index}].path must be a path inside the ensemble directory "
+                                f"(relative, without '..'), got {path!r}")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                 or weight < 0:
             raise EnsembleError(f"{where}: experts[{index}].weight must be a finite number >= 0, got {weight!r}")
@@ -468,7 +469,21 @@ def read_ensemble_json(directory) -> dict:
     document["experts"] = _validate_members(document.get("experts"), str(path))
     if not isinstance(document.get("aggregator", "mean"), str):
         raise EnsembleError(f"{path}: 'aggregator' must be a registered aggregator name")
+    calibration = document.get("calibration")
+    if calibration is not None and (not isinstance(calibration, str) or not _MEMBER_NAME.match(calibration)):
+        raise EnsembleError(f"{path}: 'calibration' must be the name of a file inside the ensemble directory, got "
+                            f"{calibration!r}")
     return document
+
+
+def inside(directory: Path, relative: str, what: str) -> Path:
+    """``directory / relative`` after checking that it resolves inside ``directory`` (symbolic links included)."""
+    root = Path(directory).resolve()
+    target = (Path(directory) / relative).resolve()
+    if target != root and root not in target.parents:
+        raise EnsembleError(f"{what} {relative!r} of {directory} resolves to {target}, outside the ensemble folder "
+                            "(a symbolic link?); an ensemble must hold its experts and files itself")
+    return Path(directory) / relative
 
 
 def featdistill_files(directory) -> list[str]:
@@ -509,14 +524,14 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
         document = read_ensemble_json(directory)
         members = []
         for spec in document["experts"]:
-            expert_dir = directory / spec["path"]
+            expert_dir = inside(directory, spec["path"], "expert")
             expert = ready_for_precision(load_expert(expert_dir, device=device, dtype=dtype), precision)
             members.append(Member(spec["name"], expert, spec["weight"], expert_identity(expert_dir),
                                   str(expert_dir)))
         calibration = document.get("calibration")
         calibration_identity = None
         if calibration:
-            calibration_path = directory / calibration
+            calibration_path = inside(directory, calibration, "calibration")
             if not calibration_path.is_file():
                 raise EnsembleError(f"{directory / ENSEMBLE_FILE} names calibration {calibration!r}, which is missing")
             calibration_identity = hashlib.sha256(calibration_path.read_bytes()).hexdigest()

@@ -51,6 +51,10 @@ _ACCEPTED_REPORTED_FORMATS = frozenset(ALLOWED_FORMATS) | {"MPO"}
 # File name extensions that make a file a candidate image; the content decides the format.
 IMAGE_EXTENSIONS = frozenset({".bmp", ".dib", ".gif", ".jpe", ".jpeg", ".jfif", ".jpg", ".png", ".tif", ".tiff",
                               ".webp"})
+# Image formats fdcore recognises but does not decode (no decoder dependency for them). Files with these extensions
+# are still listed, so that the content decides, exactly as for any name: a HEIC/AVIF/JPEG XL file is reported
+# ``format_not_allowed`` whatever it is called, and a JPEG that happens to be named ``.heic`` is scored.
+REFUSED_IMAGE_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif", ".jxl"})
 # Pillow's own default MAX_IMAGE_PIXELS (1024 * 1024 * 1024 // 4 // 3): ~268 MB of RGB per decoded image.
 DEFAULT_MAX_PIXELS = 89_478_485
 # Above this long/short side ratio the short-side resize intermediate (size^2 * ratio pixels) stops being small.

@@ -25,7 +25,7 @@ import os
 import stat
 from typing import Iterable
 
-from fdcore.images import IMAGE_EXTENSIONS
+from fdcore.images import IMAGE_EXTENSIONS, REFUSED_IMAGE_EXTENSIONS
 
 # Codes that describe files which are not images by name: reported, but not "skipped images".
 IGNORED_CODES = frozenset({"ignored_extension", "appledouble_companion"})
@@ -70,7 +70,7 @@ def is_within(path: str, root: str) -> bool:
 
 
 def walk_images(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = (),
-                extensions: Iterable[str] = IMAGE_EXTENSIONS) -> WalkResult:
+                extensions: Iterable[str] = IMAGE_EXTENSIONS | REFUSED_IMAGE_EXTENSIONS) -> WalkResult:
     """Every candidate image under ``root`` (sorted by name) and every entry that is not one.
 
     Args:

@@ -629,3 +629,31 @@ def test_sha256_groups_for_embedded_and_file_images(tmp_path):
         files["path"].index(str(tmp_path / "d" / "fake" / "same_as_a.png"))]
     with pytest.raises(DataError, match="neither a column"):
         group_keys(files, "colour")
+
+
+def test_data_split_writes_disjoint_stratified_manifests_with_duplicates_on_one_side(tmp_path):
+    import csv as _csv
+
+    from conftest import fdcore_command, make_learnable_folder
+
+    root = make_learnable_folder(tmp_path / "data", per_class=30, size=32)
+    (root / "fake" / "copy_of_000.png").write_bytes((root / "fake" / "000.png").read_bytes())
+    result = fdcore_command("data", "split", str(root), "--out", str(tmp_path / "split"), "--seed", "4", check=True)
+    assert "train.csv" in result.stdout and "test.csv" in result.stdout
+    parts = {}
+    for name in ("train", "validation", "test"):
+        with open(tmp_path / "split" / f"{name}.csv", newline="") as handle:
+            parts[name] = list(_csv.DictReader(handle))
+    paths = {name: {row["path"] for row in rows} for name, rows in parts.items()}
+    assert sum(len(p) for p in paths.values()) == 61 and not (paths["train"] & paths["test"])
+    assert not (paths["train"] & paths["validation"]) and not (paths["validation"] & paths["test"])
+    assert 10 <= len(paths["test"]) <= 14 and 4 <= len(paths["validation"]) <= 8
+    assert {row["label"] for row in parts["test"]} == {"0", "1"}
+    original, copy = str((root / "fake" / "000.png").resolve()), str((root / "fake" / "copy_of_000.png").resolve())
+    assert [original in p for p in paths.values()] == [copy in p for p in paths.values()]
+    again = fdcore_command("data", "split", str(root), "--out", str(tmp_path / "again"), "--seed", "4", check=True)
+    assert again.returncode == 0
+    assert (tmp_path / "again" / "test.csv").read_bytes() == (tmp_path / "split" / "test.csv").read_bytes()
+    assert len(resolve_data_spec(str(tmp_path / "split" / "train.csv")).load()) == len(paths["train"])
+    refused = fdcore_command("data", "split", str(root), "--out", str(tmp_path / "split"))
+    assert refused.returncode == 2 and "not empty" in refused.stderr

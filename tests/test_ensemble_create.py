@@ -95,3 +95,37 @@ def test_train_then_ensemble_create_then_predict_through_the_console_script(tmp_
                    "--per-expert", "--quiet", check=True)
     rows = (tmp_path / "pred" / "predictions.csv").read_text().splitlines()
     assert rows[0] == "image_name,score,p_npr" and len(rows) == 33
+
+
+def test_nothing_an_ensemble_or_expert_names_may_lie_outside_its_folder(two_experts, tmp_path):
+    import os
+
+    toy_dir, _ = two_experts
+    outside = create_ensemble(tmp_path / "outside", [toy_dir])
+    victim = create_ensemble(tmp_path / "victim", [toy_dir])
+    document = json.loads((victim / "ensemble.json").read_text())
+
+    def tamper(**changes):
+        (victim / "ensemble.json").write_text(json.dumps({**document, **changes}))
+
+    tamper(experts=[{"name": "toy", "path": "../outside/toy", "weight": 1.0}])
+    with pytest.raises(EnsembleError, match="without '..'"):
+        fdcore.load_ensemble(victim, device="cpu")
+    tamper(calibration="/etc/passwd")
+    with pytest.raises(EnsembleError, match="calibration"):
+        fdcore.load_ensemble(victim, device="cpu")
+    tamper()
+    import shutil
+
+    shutil.rmtree(victim / "toy")
+    os.symlink(outside / "toy", victim / "toy")  # a member swapped for a link to another folder
+    with pytest.raises(EnsembleError, match="outside the ensemble folder"):
+        fdcore.load_ensemble(victim, device="cpu")
+    info = fdcore_command("expert", "info", str(victim))
+    assert info.returncode == 2 and "outside the ensemble folder" in info.stderr
+    # an expert manifest naming a file elsewhere is refused before anything is hashed
+    manifest = json.loads((outside / "toy" / "manifest.json").read_text())
+    manifest["files"]["../../../../etc/passwd"] = {"size_bytes": 1, "sha256": "0" * 64}
+    (outside / "toy" / "manifest.json").write_text(json.dumps(manifest))
+    info = fdcore_command("expert", "info", str(outside / "toy"))
+    assert info.returncode == 2 and "not a plain file name" in info.stderr and "sha256" not in info.stdout

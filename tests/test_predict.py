@@ -375,3 +375,31 @@ def test_every_csv_round_trips_any_file_name_and_rows_cannot_be_forged(toy_ensem
     assert "'@at.png" in safe_names and "victim.png" in safe_names and "=1+2.png" not in safe_names
     assert read_csv(safe / "errors.csv")[0]["image_name"] == "'=bad\r,name.png"
     assert json.loads((safe / "predictions.meta.json").read_text())["run"]["excel_safe"] is True
+
+
+def test_a_run_that_scores_nothing_is_not_a_success(toy_ensemble, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    result = fdcore_command("predict", str(empty), "--ensemble", str(toy_ensemble), "--out", str(tmp_path / "o1"))
+    assert result.returncode == 2 and "nothing to score" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "o1" / "predictions.csv").read_text() == "image_name,score\n"
+
+    heic = tmp_path / "heic"
+    heic.mkdir()
+    brand = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    (heic / "photo.heic").write_bytes(brand)
+    (heic / "clip.avif").write_bytes(brand.replace(b"heic", b"avif"))
+    (heic / "renamed.jpg").write_bytes(brand)  # the same bytes, by content
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(buffer, format="JPEG")
+    (heic / "actually_jpeg.heic").write_bytes(buffer.getvalue())  # by content, not by name
+    result = fdcore_command("predict", str(heic), "--ensemble", str(toy_ensemble), "--out", str(tmp_path / "o2"))
+    assert result.returncode == 3
+    errors = {row["image_name"]: row["reason"] for row in read_csv(tmp_path / "o2" / "errors.csv")}
+    assert errors == {"photo.heic": "format_not_allowed", "clip.avif": "format_not_allowed",
+                      "renamed.jpg": "format_not_allowed"}
+    assert [row["image_name"] for row in read_csv(tmp_path / "o2" / "predictions.csv")] == ["actually_jpeg.heic"]
+    (heic / "actually_jpeg.heic").unlink()
+    result = fdcore_command("predict", str(heic), "--ensemble", str(toy_ensemble), "--out", str(tmp_path / "o3"))
+    assert result.returncode == 3 and "nothing was scored" in result.stderr

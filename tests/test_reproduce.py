@@ -70,10 +70,28 @@ def test_smoke_reproduction_on_real_images(shared_data, tmp_path):
     ensemble = fdcore.load_ensemble(out / "ensemble")
     assert len(ensemble.names) == 2
 
+    # NPR: its variants, the three-architecture ensemble under every rule and cross-fitted weights, per-group robust
+    # AUC and paired bootstrap differences.
+    npr_names = [name for name, _, _ in reproduce.NPR_VARIANTS]
+    assert list(results["npr"]) == npr_names
+    assert fdcore.load_expert(out / "runs" / "npr-clean" / "expert").preprocessing.resize == "native"
+    three = results["three_architectures"]
+    assert three["members"] == ["npr-clean", "clip-deg-dense-l2", "siglip-deg-dense-l2"]
+    assert set(three["aggregators"]) == set(fdcore.registry.names("aggregators")) | {
+        "weighted, cross-fitted on held-out halves"}
+    folds = three["aggregators"]["weighted, cross-fitted on held-out halves"]["folds"]
+    assert [fold["fold"] for fold in folds] == [0, 1] and all(
+        sum(fold["weights"].values()) == pytest.approx(1.0) for fold in folds)
+    assert set(results["groups"]["npr-clean"]) == {"blur", "color", "compression", "geometric", "noise"}
+    assert {(row["a"], row["b"]) for row in results["paired"]} >= {("3-arch mean", "npr-clean")}
+    for row in results["paired"]:
+        assert row["ci"][0] <= row["ci"][1] and 0 <= row["p_a_not_better"] <= 1 and -1 <= row["difference"] <= 1
+    assert "Paired bootstrap" in table and "| npr-jpeg | jpeg-recompress |" in table
+
     # A second invocation reuses every trained run and reproduces the same figures.
     again = reproduce.run_reproduction(shared_data, out, "smoke", seed=0, echo=messages.append)
-    assert sum("already trained, reused" in message for message in messages) == len(expected)
-    assert again["variants"] == results["variants"]
+    assert sum("already trained, reused" in message for message in messages) == len(expected) + len(npr_names)
+    assert again["variants"] == results["variants"] and again["npr"] == results["npr"]
 
 
 def test_another_dataset_in_the_same_output_is_refused(shared_data, tmp_path):

@@ -38,3 +38,25 @@ def check_command(spec, as_json, strict, max_per_class, seed, skip_missing):
         click.echo(format_report(report))
     if strict and report["warnings"]:
         sys.exit(1)
+
+
+@command.command("split")
+@click.argument("spec", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="New folder for train.csv, validation.csv and test.csv.")
+@click.option("--test", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
+              help="Fraction of the images held out for testing (used for nothing else).")
+@click.option("--validation", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Fraction for validation (calibration, thresholds, choosing weights); 0 for none.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def split_command(spec, out_dir, test, validation, seed):
+    """Split labelled data into train/validation/test manifests (stratified by label, generator and source; seeded;
+    near-duplicate images kept on one side). Nothing is copied: the manifests point at the files.
+
+    SPEC is a folder with real/ and fake/, a manifest, a YAML data spec, or [NAME=]PATH[:WEIGHT] (repeatable).
+    """
+    from fdcore.data.split import write_split_manifests
+
+    result = write_split_manifests(list(spec), out_dir, test=test, validation=validation, seed=seed)
+    for name, counts in result["counts"].items():
+        click.echo(f"{out_dir}/{name}.csv: {counts['images']} images ({counts['fake']} AI-generated)")

@@ -153,6 +153,9 @@ def _verify_files(directory: Path) -> dict:
     checked = {}
     for name, entry in sorted(manifest["files"].items()):
         path = directory / name
+        if path.is_symlink():
+            raise ExpertFormatError(f"{path} is a symbolic link; an expert directory must hold its files itself "
+                                    "(refusing to read what the link points to)")
         if not path.is_file():
             raise ExpertFormatError(f"{path} is listed in {directory / MANIFEST_FILE} but missing")
         size = path.stat().st_size
@@ -219,12 +222,12 @@ def expert_info(directory: Path) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_command(directory, as_json):
     """Summarise an expert (or ensemble) directory and verify every file against its SHA-256 manifest."""
-    from fdcore.ensemble import ENSEMBLE_FILE, read_ensemble_json
+    from fdcore.ensemble import ENSEMBLE_FILE, inside, read_ensemble_json
 
     if (directory / ENSEMBLE_FILE).is_file():
         document = read_ensemble_json(directory)
-        members = [{"name": spec["name"], "weight": spec["weight"], **expert_info(directory / spec["path"])}
-                   for spec in document["experts"]]
+        members = [{"name": spec["name"], "weight": spec["weight"],
+                    **expert_info(inside(directory, spec["path"], "expert"))} for spec in document["experts"]]
         info = {"ensemble": str(directory), "aggregator": document.get("aggregator"),
                 "calibration": document.get("calibration"), "threshold": document.get("threshold"),
                 "card": document.get("card", {}), "experts": members}

@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fdcore.ensemble import Ensemble, load_ensemble, resolve_device, resolve_precision
-from fdcore.images import (DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, PIXEL_POLICY_VERSION, ImageRejected,
-                           open_image_file)
+from fdcore.images import (DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PIXEL_POLICY_VERSION,
+                           ImageRejected, open_image_file)
 from fdcore.predict import outputs, state, worklog
 from fdcore.predict.distributed import ProcessGroup, process_group, shard
 from fdcore.preprocess import resize_for_geometries
@@ -89,6 +89,13 @@ class PredictSummary:
 
     def line(self) -> str:
         reasons = ", ".join(f"{code} {count}" for code, count in sorted(self.reasons.items()))
+        if self.images == 0:
+            return (f"nothing to score: no image file under the input folder ({self.ignored} other files ignored"
+                    f"{': ' + reasons if reasons else ''}); check the IMAGES path. Extensions scored: "
+                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+        if self.scored == 0:
+            return (f"nothing was scored: all {self.images} images were skipped [{reasons}]; see {self.errors} "
+                    "for each file's reason")
         text = (f"{self.status}: {self.scored}/{self.images} images scored ({self.processed_this_run} this run, "
                 f"{self.reused} reused), {self.skipped} skipped, {self.ignored} ignored"
                 f"{' [' + reasons + ']' if reasons else ''}; {self.images_per_s:.1f} images/s -> {self.predictions}")
@@ -320,9 +327,13 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, aggregator
     ignored = sum(1 for skip in plan.walk.skipped if skip.ignored)
     skipped = len(error_rows) - ignored
     elapsed = time.time() - started
+    if not plan.walk.candidates:
+        status, exit_code = "empty", EXIT_USER_ERROR  # pointed at the wrong folder, most likely: not a success
+    else:
+        status, exit_code = ("complete", EXIT_COMPLETE) if skipped == 0 else ("partial", EXIT_PARTIAL)
     summary = PredictSummary(
-        status="complete" if skipped == 0 else "partial",
-        exit_code=EXIT_COMPLETE if skipped == 0 else EXIT_PARTIAL,
+        status=status,
+        exit_code=exit_code,
         images=len(plan.walk.candidates), scored=len(scored_rows), skipped=skipped, ignored=ignored,
         processed_this_run=processed_this_run, reused=plan.reused, reasons=reasons,
         torn_tails_dropped=plan.torn_tails + logs.torn_tails,

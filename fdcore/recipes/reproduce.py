@@ -62,14 +62,23 @@ class ReproductionSize:
     copies: int            # degraded copies of each held-out image
     bootstrap: int
     max_per_class: int | None
+    npr: dict              # the NPR expert's constructor options
+    npr_epochs: int
+    npr_lr: float
 
 
 SIZES = {
     "full": ReproductionSize(image_size=160, patch_size=16, hidden=128, layers=4, heads=4, stage1_epochs=8,
-                             stage2_epochs=2, batch_size=32, lr=5e-4, copies=2, bootstrap=500, max_per_class=None),
+                             stage2_epochs=2, batch_size=32, lr=5e-4, copies=2, bootstrap=500, max_per_class=None,
+                             npr={"crop_size": 96, "crops": 36}, npr_epochs=40, npr_lr=1e-3),
     "smoke": ReproductionSize(image_size=64, patch_size=16, hidden=32, layers=2, heads=2, stage1_epochs=1,
-                              stage2_epochs=1, batch_size=8, lr=1e-3, copies=1, bootstrap=20, max_per_class=16),
+                              stage2_epochs=1, batch_size=8, lr=1e-3, copies=1, bootstrap=20, max_per_class=16,
+                              npr={"crop_size": 32, "crops": 4, "width": 8, "blocks": [1, 1]}, npr_epochs=1,
+                              npr_lr=1e-3),
 }
+# NPR variants: (name, training policy, seed offset). Stage 1 only: NPR is a one-stage detector in its paper.
+NPR_VARIANTS = (("npr-clean", "none", 0), ("npr-clean-seed1", "none", 1), ("npr-jpeg", "jpeg-recompress", 0))
+MAIN_NPR = "npr-clean"
 
 
 class ReproductionError(FdcoreError):
@@ -174,6 +183,28 @@ def train_all(out: Path, size: ReproductionSize, seed: int, echo) -> dict[str, P
                     shutil.copy2(stage1_dir / "stage1" / "done.json", run_dir / "stage1" / "done.json")
                 trained[run_dir.name] = train_run({**base, "stage": "2", "distiller": distiller,
                                                    "output_dir": str(run_dir)}, echo)
+    trained.update(train_npr(out, size, seed, echo))
+    return trained
+
+
+def train_npr(out: Path, size: ReproductionSize, seed: int, echo) -> dict[str, Path]:
+    """The NPR variants, trained from scratch with the recipe (NPR's own defaults: AdamW without weight decay, no
+    degradations unless the variant names a policy); empty when fdcore-npr is not installed."""
+    from fdcore import registry
+    from fdcore.recipes.two_stage import DEFAULTS
+
+    if "npr" not in registry.names("experts"):
+        echo("fdcore-npr is not installed: the NPR rows are left out")
+        return {}
+    npr_class = registry.get("experts", "npr")
+    trained = {}
+    for name, policy, seed_offset in NPR_VARIANTS:
+        config = {**DEFAULTS, **npr_class.training_defaults, "expert": "npr", "expert_options": dict(size.npr),
+                  "data": [str(out / "data" / "train.csv")], "validation": None, "validation_fraction": 0.0,
+                  "policy": policy, "validation_policy": "none", "epochs": size.npr_epochs, "stage": "1",
+                  "batch_size": size.batch_size, "lr": size.npr_lr, "seed": seed + 100 + seed_offset, "workers": 2,
+                  "log_every": 10, "mixed_precision": "no", "output_dir": str(out / "runs" / name)}
+        trained[name] = train_run(config, echo)
     return trained
 
 
@@ -247,8 +278,133 @@ def evaluate_all(out: Path, trained: dict[str, Path], size: ReproductionSize, se
         results["aggregators"][aggregator] = fused_metrics(records, main_members, aggregator, size.bootstrap, seed)
     assemble(out / "ensemble", {name: trained[name] for name in main_members}, "mean",
              {"made_by": "recipes/reproduce.py", "configuration": f"{MAIN_POLICY} + {MAIN_DISTILLER}"})
+    npr_names = [name for name, _, _ in NPR_VARIANTS if name in trained]
+    if npr_names:
+        results.update(npr_results(records, npr_names, main_members, size, seed))
     results["evaluation"] = {"images": len(rows), "plan": plan.to_dict(), "records": len(records)}
     return results
+
+
+def suite_groups() -> dict[str, str]:
+    """Operator -> its group in the evaluation suite (blur, noise, color, geometric, compression)."""
+    from fdcore import registry
+
+    spec = registry.get("policies", SUITE)
+    spec = spec() if callable(spec) else spec
+    return {operator: group for branch in spec["branches"] for group, operators in branch["groups"].items()
+            for operator in operators}
+
+
+def group_metrics(records: list[dict], column: str, bootstrap: int, seed: int) -> dict:
+    """Robust ROC AUC of one score column over the degraded images whose chain holds an operator of each group."""
+    from fdcore.metrics.scores import MetricError, bootstrap_roc_auc_ci, roc_auc
+
+    groups = suite_groups()
+    table = {}
+    for group in sorted(set(groups.values())):
+        chosen = [record for record in records if record["condition"] == "degraded"
+                  and any(groups.get(op) == group for op in record["degradation"].split("+"))]
+        labels = [record["label"] for record in chosen]
+        scores = [record[column] for record in chosen]
+        try:
+            table[group] = {"n": len(chosen), "robust_roc_auc": roc_auc(labels, scores, what=group),
+                            "robust_roc_auc_ci": bootstrap_roc_auc_ci(labels, scores, bootstrap, seed)}
+        except MetricError:
+            table[group] = {"n": len(chosen), "robust_roc_auc": None, "robust_roc_auc_ci": None}
+    return table
+
+
+def fused_column(records: list[dict], members: list[str], aggregator_name: str, weights=None) -> list[float]:
+    import numpy as np
+
+    import fdcore
+
+    aggregator = fdcore.get_aggregator(aggregator_name)
+    probabilities = np.array([[record[f"expert:{name}"] for record in records] for name in members],
+                             dtype=np.float64)
+    if weights is None and aggregator.uses_weights:
+        weights = np.full(len(members), 1.0 / len(members))
+    return [float(value) for value in aggregator(probabilities, weights)]
+
+
+def cross_fitted_weights(records: list[dict], members: list[str], seed: int) -> tuple[list[float], list[dict]]:
+    """Ensemble scores with weights chosen on the *other* half of the held-out images (two folds, split by image and
+    class, seeded): the weights on a 0.1 grid of the simplex maximising the pooled ROC AUC (clean + degraded) of the
+    fold they are fitted on. Returns every record's cross-fitted score and each fold's weights. No image is scored
+    with weights that saw it."""
+    import itertools
+
+    import numpy as np
+
+    from fdcore.metrics.scores import fast_roc_auc
+
+    images = sorted({(record["label"], record["path"]) for record in records})
+    rng = np.random.default_rng(seed)
+    fold_of = {}
+    for label in (0, 1):
+        paths = [path for image_label, path in images if image_label == label]
+        for position, index in enumerate(rng.permutation(len(paths))):
+            fold_of[paths[index]] = position % 2
+    steps = range(11)
+    grid = [np.array(point) / 10 for point in itertools.product(steps, repeat=len(members)) if sum(point) == 10]
+    probabilities = np.array([[record[f"expert:{name}"] for record in records] for name in members])
+    labels = np.array([record["label"] for record in records])
+    folds = np.array([fold_of[record["path"]] for record in records])
+    scores, chosen = np.zeros(len(records)), []
+    for fold in (0, 1):
+        fit = folds != fold
+        best = max(grid, key=lambda weights: (fast_roc_auc(labels[fit], weights @ probabilities[:, fit]),
+                                              -float(np.abs(weights - 1 / len(members)).sum())))
+        scores[~fit] = best @ probabilities[:, ~fit]
+        chosen.append({"fold": fold, "weights": dict(zip(members, [round(float(w), 1) for w in best]))})
+    return scores.tolist(), chosen
+
+
+def npr_results(records: list[dict], npr_names: list[str], main_members: list[str], size: ReproductionSize,
+                seed: int) -> dict:
+    """NPR alone, NPR + CLIP + SigLIP under every fusion rule and cross-fitted weights, per-group robust AUC, and
+    paired bootstrap differences (clustered by image) for the comparisons the docs draw."""
+    from fdcore import registry
+    from fdcore.metrics import compute_metrics
+    from fdcore.metrics.scores import paired_bootstrap_auc_difference
+
+    def with_score(values):
+        return [{**record, "score": value, "raw_score": value} for record, value in zip(records, values)]
+
+    def headline_of(values):
+        return headline(compute_metrics(with_score(values), bootstrap=size.bootstrap, seed=seed))
+
+    members = [MAIN_NPR if MAIN_NPR in npr_names else npr_names[0], *main_members]
+    columns = {name: [record[f"expert:{name}"] for record in records] for name in npr_names}
+    columns.update({name: [record[f"expert:{name}"] for record in records] for name in main_members})
+    three = {}
+    for aggregator in registry.names("aggregators"):
+        columns[f"3-arch {aggregator}"] = fused_column(records, members, aggregator)
+        three[aggregator] = headline_of(columns[f"3-arch {aggregator}"])
+    columns["3-arch cross-fitted weights"], folds = cross_fitted_weights(records, members, seed)
+    three["weighted, cross-fitted on held-out halves"] = {**headline_of(columns["3-arch cross-fitted weights"]),
+                                                         "folds": folds}
+    degraded = [index for index, record in enumerate(records) if record["condition"] == "degraded"]
+    labels = [records[index]["label"] for index in degraded]
+    images = [records[index]["path"] for index in degraded]
+
+    def paired(first: str, second: str) -> dict:
+        result = paired_bootstrap_auc_difference(labels, [columns[first][i] for i in degraded],
+                                                 [columns[second][i] for i in degraded], groups=images,
+                                                 replicates=max(size.bootstrap, 50), seed=seed)
+        return {"a": first, "b": second, "metric": "robust ROC AUC", **result}
+
+    comparisons = [("3-arch mean", members[0]), ("3-arch cross-fitted weights", members[0]),
+                   ("3-arch max", members[0])]
+    comparisons += [(name, MAIN_NPR) for name in npr_names if name != MAIN_NPR and MAIN_NPR in npr_names]
+    group_rows = {name: group_metrics(with_score(columns[name]), "score", size.bootstrap, seed)
+                  for name in [*npr_names, *main_members, "3-arch mean", "3-arch cross-fitted weights"]}
+    return {"npr": {name: {"model": "npr", "policy": policy, "seed_offset": offset,
+                           **headline_of(columns[name])}
+                    for name, policy, offset in NPR_VARIANTS if name in npr_names},
+            "three_architectures": {"members": members, "aggregators": three},
+            "groups": group_rows,
+            "paired": [paired(first, second) for first, second in comparisons]}
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -275,6 +431,33 @@ def results_markdown(results: dict) -> str:
     for name, metrics in results["aggregators"].items():
         lines.append(f"| {name} | {_cell(metrics['clean_roc_auc'], metrics['clean_roc_auc_ci'])} | "
                      f"{_cell(metrics['robust_roc_auc'], metrics['robust_roc_auc_ci'])} |")
+    if results.get("npr"):
+        lines += ["", "NPR (trained from scratch, stage 1, native-resolution windows):", "",
+                  "| variant | degradation training | clean ROC AUC [95% CI] | robust ROC AUC [95% CI] |",
+                  "|---|---|---|---|"]
+        for name, metrics in results["npr"].items():
+            lines.append(f"| {name} | {metrics['policy']} | "
+                         f"{_cell(metrics['clean_roc_auc'], metrics['clean_roc_auc_ci'])} | "
+                         f"{_cell(metrics['robust_roc_auc'], metrics['robust_roc_auc_ci'])} |")
+        three = results["three_architectures"]
+        lines += ["", f"Three architectures ({' + '.join(three['members'])}) under each fusion rule:", "",
+                  "| fusion | clean ROC AUC [95% CI] | robust ROC AUC [95% CI] |", "|---|---|---|"]
+        for name, metrics in three["aggregators"].items():
+            lines.append(f"| {name} | {_cell(metrics['clean_roc_auc'], metrics['clean_roc_auc_ci'])} | "
+                         f"{_cell(metrics['robust_roc_auc'], metrics['robust_roc_auc_ci'])} |")
+        groups = sorted({group for table in results["groups"].values() for group in table})
+        lines += ["", "Robust ROC AUC by degradation group (degraded images whose chain holds an operator of the "
+                  "group; n per group in results.json):", "",
+                  "| model | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+        for name, table in results["groups"].items():
+            cells = [f"{table[g]['robust_roc_auc']:.3f}" if table[g]["robust_roc_auc"] is not None else "n/a"
+                     for g in groups]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "Paired bootstrap differences of robust ROC AUC (resampling whole images):", "",
+                  "| a | b | a - b [95% CI] | share of replicates with a <= b |", "|---|---|---|---|"]
+        for row in results["paired"]:
+            lines.append(f"| {row['a']} | {row['b']} | {row['difference']:+.3f} [{row['ci'][0]:+.3f}, "
+                         f"{row['ci'][1]:+.3f}] | {row['p_a_not_better']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
