@@ -285,6 +285,9 @@ class Ensemble:
 
         A set-level aggregator (``rank-mean``) ranks within this call's images.
         """
+        if hasattr(images, "getpixel") or isinstance(images, (str, bytes, os.PathLike)):
+            raise TypeError(f"predict_pil takes a list of PIL images, got one {type(images).__name__}; pass [image] "
+                            "(and predict_paths for files)")
         probabilities = self.expert_probabilities(list(images), batch_size=batch_size)
         return self.fuse_finite(probabilities, aggregator, weights)
 
@@ -309,6 +312,8 @@ class Ensemble:
         """
         from fdcore.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageRejected, open_image_file
 
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            raise TypeError(f"predict_paths takes a list of paths, got the single path {paths!r}; pass [path]")
         results = []
         prepared = []
         for path in paths:

@@ -150,10 +150,13 @@ def open_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
         if exc.errno == getattr(__import__("errno"), "ELOOP", None):
             raise ImageRejected("not_regular_file", "the path became a symbolic link after listing") from exc
         raise ImageRejected("read_failed", f"cannot open: {exc.strerror or exc}") from exc
+    # fstat before wrapping: os.fdopen refuses a directory with an error that names the descriptor, not the path
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else f"not a regular file (mode {stat.filemode(info.st_mode)})"
+        raise ImageRejected("not_regular_file", f"{os.fspath(path)} is {kind}")
     with os.fdopen(descriptor, "rb", closefd=True) as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageRejected("not_regular_file", f"not a regular file (mode {stat.filemode(info.st_mode)})")
         if info.st_size == 0:
             raise ImageRejected("empty_file", "the file has zero bytes")
         loaded = load_image(handle, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)

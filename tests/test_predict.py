@@ -403,3 +403,13 @@ def test_a_run_that_scores_nothing_is_not_a_success(toy_ensemble, tmp_path):
     (heic / "actually_jpeg.heic").unlink()
     result = fdcore_command("predict", str(heic), "--ensemble", str(toy_ensemble), "--out", str(tmp_path / "o3"))
     assert result.returncode == 3 and "nothing was scored" in result.stderr
+
+
+def test_the_python_api_says_what_it_expects(toy_ensemble, tmp_path):
+    ensemble = load_ensemble(toy_ensemble, device="cpu")
+    (result,) = ensemble.predict_paths([str(tmp_path)])
+    assert result["error"] == "not_regular_file" and str(tmp_path) in result["detail"] and "directory" in result["detail"]
+    with pytest.raises(TypeError, match=r"pass \[path\]"):
+        ensemble.predict_paths("a.jpg")
+    with pytest.raises(TypeError, match=r"pass \[image\]"):
+        ensemble.predict_pil(Image.new("RGB", (8, 8)))

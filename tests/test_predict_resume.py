@@ -302,3 +302,28 @@ def test_two_process_run_merges_into_the_same_csv(folder, toy_ensemble, baseline
     meta = json.loads((out / "predictions.meta.json").read_text())
     assert meta["run"]["world_size"] == 2 and meta["counts"]["scored"] == 40
     assert run(folder, toy_ensemble, out).processed_this_run == 0  # shards resume under any world size
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_cleanly_saves_and_says_so(folder, toy_ensemble, baseline, tmp_path, signum, code):
+    import psutil
+
+    out = tmp_path / "out"
+    process = _start(folder, toy_ensemble, out, "--workers", "2", throttle="0.2")
+    deadline = time.monotonic() + 90
+    while not ((out / state.WORK_DIR).is_dir() and len(logged_rows(out)) >= 6):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
+        time.sleep(0.02)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert len(workers) == 2  # the DataLoader workers
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr.decode()
+    message = stderr.decode()
+    assert "rerun the same command to continue" in message and "Traceback" not in message
+    assert "Aborted!" not in message
+    saved = len(logged_rows(out))
+    assert f"{saved} of 40 images have saved results" in message
+    assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+    assert run(folder, toy_ensemble, out).exit_code == EXIT_COMPLETE  # the lock was released; resume finishes
+    assert finals(out) == baseline

@@ -1,7 +1,8 @@
 """``fdcore predict IMAGES --ensemble ENSEMBLE --out OUT_DIR``: score a folder of images (see docs/predict.md).
 
 Exit status: 0 every candidate image was scored; 3 partial (some files skipped, listed in OUT_DIR/errors.csv);
-2 user error (bad option, locked or mismatched output folder, unusable ensemble).
+2 user error (bad option, locked or mismatched output folder, unusable ensemble, no image at all); 130 / 143 stopped by
+Ctrl-C (SIGINT) / SIGTERM after saving what was scored (rerun to continue).
 
 Distributed: ``accelerate launch -m fdcore predict ...`` or ``torchrun --nproc_per_node N -m fdcore predict ...``.
 """
@@ -66,13 +67,19 @@ def command(ctx, images, ensemble, out, aggregator, weights, per_expert, batch_s
             overwrite, quiet, as_json, save_every, max_pixels, max_aspect_ratio, skip_hash_check, excel_safe):
     """Score every image under IMAGES with an ensemble; resumable, fault-tolerant, deterministic."""
     from fdcore.predict import PredictOptions, run_predict
+    from fdcore.predict.runner import PredictInterrupted, stop_cleanly_on_sigterm
 
     options = PredictOptions(images=images, ensemble=ensemble, out=out, aggregator=aggregator, weights=weights,
                              per_expert=per_expert, batch_size=batch_size, workers=workers, precision=precision,
                              device=device, overwrite=overwrite, quiet=quiet, save_every=save_every,
                              max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio,
                              skip_hash_check=skip_hash_check, excel_safe=excel_safe)
-    summary = run_predict(options)
+    try:
+        with stop_cleanly_on_sigterm():
+            summary = run_predict(options)
+    except PredictInterrupted as exc:
+        click.echo(f"fdcore predict: {exc}", err=True)
+        ctx.exit(exc.exit_code)
     if summary is None:  # a non-zero rank of a distributed run: rank 0 reports
         return
     if as_json:

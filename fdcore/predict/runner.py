@@ -12,10 +12,13 @@ The flow of one run (see docs/predict.md for the user-facing contract):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,6 +37,8 @@ from fdcore.walk import Candidate, WalkResult, walk_images
 EXIT_COMPLETE = 0
 EXIT_USER_ERROR = 2
 EXIT_PARTIAL = 3
+# Stopped by a signal: the shell convention 128 + signal number (130 for Ctrl-C / SIGINT, 143 for SIGTERM).
+EXIT_SIGNAL_BASE = 128
 FORMAT_NAME = "fdcore-predictions"
 FORMAT_VERSION = 1
 # Failures that may not happen again (the file or the machine may have been fixed): retried on every run.
@@ -100,6 +105,38 @@ class PredictSummary:
                 f"{self.reused} reused), {self.skipped} skipped, {self.ignored} ignored"
                 f"{' [' + reasons + ']' if reasons else ''}; {self.images_per_s:.1f} images/s -> {self.predictions}")
         return text
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so the same clean stop runs."""
+
+    signum = signal.SIGTERM
+
+
+class PredictInterrupted(Exception):
+    """The run was stopped by SIGINT or SIGTERM after saving what it had scored; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = EXIT_SIGNAL_BASE + self.signum
+
+
+@contextlib.contextmanager
+def stop_cleanly_on_sigterm():
+    """Within the block, SIGTERM raises :class:`Terminated` (in the main thread only, where handlers can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_options(options: PredictOptions) -> None:
@@ -218,8 +255,9 @@ def score_items(ensemble: Ensemble, items: Sequence[Candidate], log_path: Path, 
     writer = worklog.LogWriter(log_path)
     progress = _progress(len(items), show_progress)
     processed = 0
+    batches = iter(loader)
     try:
-        for batch_number, batch in enumerate(loader, start=1):
+        for batch_number, batch in enumerate(batches, start=1):
             records = list(batch["failed"])
             if batch["decoded"]:
                 probabilities = ensemble.probabilities_from_resized(batch["arrays"])
@@ -242,8 +280,15 @@ def score_items(ensemble: Ensemble, items: Sequence[Candidate], log_path: Path, 
                 progress.update(len(records))
             if throttle:
                 time.sleep(throttle)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: every logged batch is kept; say how far the run got
+        exc.processed = processed
+        raise
     finally:
         writer.close()
+        # Stop the DataLoader workers now, not whenever the iterator is collected: none may outlive a stopped run.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
         if progress is not None:
             progress.close()
     return processed
@@ -387,6 +432,7 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
         out_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     group = ProcessGroup()
+    plan = None
     try:
         device = resolve_device(options.device)
         group = process_group(device)
@@ -433,6 +479,15 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
                            started=started, world_size=group.world_size)
         say(summary.line())
         return summary
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        if plan is None or not group.is_main:
+            raise PredictInterrupted(signum, f"stopped by {name} before scoring started; nothing was scored")
+        done = getattr(exc, "processed", 0)
+        raise PredictInterrupted(signum, f"stopped by {name}: {plan.reused + done} of {len(plan.walk.candidates)} "
+                                         f"images have saved results ({done} this run) in {plan.work_dir}; rerun "
+                                         "the same command to continue where it stopped") from None
     finally:
         lock.release()
         group.close()
