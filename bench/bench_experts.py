@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import resource
 import statistics
@@ -29,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchlib import command_line, finish, machine
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -103,12 +104,8 @@ def _environment(args) -> dict:
     import torch
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "command": command_line(), **machine(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "tiny": args.tiny, "iters": args.iters, "warmup": args.warmup}
@@ -174,13 +171,9 @@ def main(argv=None) -> int:
                     continue
                 rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     environment = _environment(args)
-    print(f"{environment['cpu']} ({environment['cpu_count']} CPUs), torch {environment['torch']}, transformers "
-          f"{environment['transformers']}{', TINY architectures (smoke test)' if args.tiny else ''}")
-    print(_table(rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"environment": environment, "results": rows}, indent=2) + "\n")
-    return 1 if any("error" in row for row in rows) else 0
+    headline = (f"{environment['cpu']} ({environment['cpu_count']} CPUs), torch {environment['torch']}, transformers "
+                f"{environment['transformers']}{', TINY architectures (smoke test)' if args.tiny else ''}")
+    return finish(args.out, environment, rows, _table(rows), headline)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import resource
 import statistics
@@ -25,14 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _cpu() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                 platform.processor())
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return {"cpu": model, "cpu_count": os.cpu_count(),
-            "flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})}
+from benchlib import command_line, finish, machine
 
 
 def _peak_mib() -> float:
@@ -146,8 +138,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    cpu = _cpu()
-    precisions = ["fp32"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(cpu["flags"]) else [])
+    cpu = machine()
+    precisions = ["fp32"] + (["bf16"] if cpu["avx512_bf16"] or cpu["amx_bf16"] else [])
     sizes = ["96x64", "200x120"] if args.tiny else [s for s in args.sizes.split(",") if s]
     crop_size = 32 if args.tiny else args.crop_size
     images = 2 if args.tiny else args.images
@@ -165,16 +157,11 @@ def main(argv=None) -> int:
             rows.append(_run(["training", window, 4 if args.tiny else args.train_batch, precision,
                               1 if args.tiny else args.steps, args.tiny], args.timeout))
     environment = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "command": " ".join([Path(sys.executable).name, *sys.argv]), **cpu,
-                   "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                   "python": platform.python_version(), "tiny": args.tiny}
-    print(f"{cpu['cpu']} ({cpu['cpu_count']} CPUs; {', '.join(cpu['flags'])}), torch {torch.__version__}"
-          f"{', TINY (smoke test)' if args.tiny else ''}")
-    print(_table(rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"environment": environment, "results": rows}, indent=2) + "\n")
-    return 1 if any("error" in row for row in rows) else 0
+                   "command": command_line(), **cpu, "torch": torch.__version__,
+                   "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "tiny": args.tiny}
+    headline = (f"{cpu['cpu']} ({cpu['cpu_count']} CPUs; {', '.join(cpu['flags'])}), torch {torch.__version__}"
+                f"{', TINY (smoke test)' if args.tiny else ''}")
+    return finish(args.out, environment, rows, _table(rows), headline)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class VariantDataset:
 
         plan = self.plan
         if plan.clean:
-            yield {"variant": "clean", "degradation": "", "severity": 0.0, "record": None}, pixels
+            yield {"variant": "clean", "condition": "clean", "degradation": "", "severity": 0.0, "record": None}, pixels
         if plan.suite:
             if self._policy is None:
                 self._policy = _suite_policy(plan)
@@ -76,12 +76,13 @@ class VariantDataset:
                 chain = "+".join(step["op"] for step in steps)
                 severity = max((float(step["level"] if step["level"] is not None else 5 * step["severity"])
                                 for step in steps), default=0.0)
-                yield ({"variant": f"{plan.suite}#{copy}", "degradation": chain or "(none)",
+                yield ({"variant": f"{plan.suite}#{copy}", "condition": "degraded", "degradation": chain or "(none)",
                         "severity": severity, "record": record}, degraded)
         for operator in plan.sweep_operators:
             for level in plan.sweep_levels:
                 degraded = degrade(pixels, operator, level=level, seed=plan.seed, sample_id=index)
-                yield ({"variant": f"{operator}@{level}", "degradation": operator, "severity": float(level),
+                yield ({"variant": f"{operator}@{level}", "condition": "degraded", "degradation": operator,
+                        "severity": float(level),
                         "record": {"op": operator, "level": level, "seed": plan.seed, "sample_id": index}}, degraded)
 
     def __getitem__(self, index: int) -> dict:
@@ -118,28 +119,15 @@ def score_dataset(ensemble, rows, plan: VariantPlan, aggregator: str | None = No
 
     dataset = VariantDataset(rows, ensemble.geometries, plan)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=_identity_collate)
-    records, skipped, pending = [], [], []
+    skipped, pending, scored, columns = [], [], [], []
 
     def flush():
         if not pending:
             return
         stacked = [np.stack([variant["resized"][g] for _, variant in pending]) for g in range(len(ensemble.geometries))]
-        probabilities = ensemble.probabilities_from_resized(stacked)
-        fused = ensemble.fuse_finite(probabilities, aggregator, weights, calibrate=False)
-        for column, (item, variant) in enumerate(pending):
-            if not np.isfinite(fused[column]):
-                skipped.append({"path": item["path"], "variant": variant["variant"], "reason": "non_finite_score"})
-                continue
-            score = float(fused[column])
-            record = {"image_id": f"{item['path']}@{variant['variant']}", "path": item["path"],
-                      "label": item["label"], "generator": item["generator"], "source": item["source"],
-                      "condition": "clean" if variant["variant"] == "clean" else "degraded",
-                      "degradation": variant["degradation"], "severity": variant["severity"],
-                      "raw_score": score, "score": score,
-                      "degradation_record": json.dumps(variant["record"], sort_keys=True)}
-            for name, value in zip(ensemble.names, probabilities[:, column]):
-                record[f"expert:{name}"] = float(value)
-            records.append(record)
+        columns.append(ensemble.probabilities_from_resized(stacked))
+        scored.extend((item, {key: value for key, value in variant.items() if key != "resized"})
+                      for item, variant in pending)
         pending.clear()
 
     for [item] in loader:
@@ -152,6 +140,24 @@ def score_dataset(ensemble, rows, plan: VariantPlan, aggregator: str | None = No
         if progress is not None:
             progress.update(1)
     flush()
+    # Fused once over every scored variant, as predict fuses over every image: a set-level rule (rank-mean) ranks
+    # against the whole evaluation, never against whichever variants shared a batch.
+    probabilities = np.concatenate(columns, axis=1) if columns else np.zeros((len(ensemble.names), 0))
+    fused = ensemble.fuse_finite(probabilities, aggregator, weights, calibrate=False)
+    records = []
+    for column, (item, variant) in enumerate(scored):
+        if not np.isfinite(fused[column]):
+            skipped.append({"path": item["path"], "variant": variant["variant"], "reason": "non_finite_score"})
+            continue
+        score = float(fused[column])
+        record = {"image_id": f"{item['path']}@{variant['variant']}", "path": item["path"],
+                  "label": item["label"], "generator": item["generator"], "source": item["source"],
+                  "condition": variant["condition"], "degradation": variant["degradation"],
+                  "severity": variant["severity"], "raw_score": score, "score": score,
+                  "degradation_record": json.dumps(variant["record"], sort_keys=True)}
+        for name, value in zip(ensemble.names, probabilities[:, column]):
+            record[f"expert:{name}"] = float(value)
+        records.append(record)
     if use_calibration and records:
         calibrated, applied = ensemble.calibrated(np.array([record["raw_score"] for record in records]), aggregator)
         if applied:

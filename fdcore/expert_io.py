@@ -419,6 +419,21 @@ def expert_identity(directory) -> str:
     return sha256_bytes(json.dumps(listing).encode())
 
 
+def _check_against_architecture(module, state: dict, directory: Path, name: str) -> None:
+    """Every tensor the architecture (built on meta tensors: no memory) expects, with its shape, and no other: a
+    config that does not describe these weights is refused before any tensor is attached to it."""
+    expected = {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
+    held = {key: tuple(tensor.shape) for key, tensor in state.items()}
+    missing = sorted(set(expected) - set(held))
+    unexpected = sorted(set(held) - set(expected))
+    misshapen = [f"{key}: {held[key]} vs {expected[key]}" for key in sorted(set(held) & set(expected))
+                 if held[key] != expected[key]]
+    if missing or unexpected or misshapen:
+        raise ExpertFormatError(
+            f"{directory / WEIGHTS_FILE} does not match the {name!r} architecture in {CONFIG_FILE}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shapes (file vs config) {misshapen[:5]}")
+
+
 def load_expert(directory, device: str = "cpu", dtype=None):
     """Load an expert saved by :func:`save_expert`, verifying every byte against the manifest first.
 
@@ -439,16 +454,26 @@ def load_expert(directory, device: str = "cpu", dtype=None):
         provider = config.get("provider") or "the plugin that provides it"
         raise ExpertFormatError(f"{directory} holds a {name!r} expert, which is not registered: install {provider} "
                                 f"({exc})") from exc
-    with snapshot_verified(directory / WEIGHTS_FILE, manifest["files"][WEIGHTS_FILE]) as snapshot:
-        state = parse_safetensors(snapshot, directory / WEIGHTS_FILE)
     architecture = config.get("config", {})
     try:
-        expert, result = build_with_state(lambda: expert_class.from_config(architecture),
-                                          lambda module, assign: module.load_state_dict(state, strict=False,
-                                                                                        assign=assign))
+        expert_class.check_config(architecture)
+    except (ValueError, TypeError) as exc:
+        raise ExpertFormatError(f"{directory / CONFIG_FILE}: refused before loading anything: {exc}") from None
+    with snapshot_verified(directory / WEIGHTS_FILE, manifest["files"][WEIGHTS_FILE]) as snapshot:
+        state = parse_safetensors(snapshot, directory / WEIGHTS_FILE)
+
+    def load(module, assign: bool):
+        _check_against_architecture(module, state, directory, name)
+        return module.load_state_dict(state, strict=False, assign=assign)
+
+    try:
+        expert, result = build_with_state(lambda: expert_class.from_config(architecture), load)
     except RuntimeError as exc:  # load_state_dict's size mismatches
         raise ExpertFormatError(f"{directory / WEIGHTS_FILE} does not match the {name!r} architecture in "
                                 f"{CONFIG_FILE}: {' '.join(str(exc).split())[:2000]}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ExpertFormatError(f"{directory / CONFIG_FILE}: the {name!r} expert cannot be built from its config: "
+                                f"{exc}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ExpertFormatError(
             f"{directory / WEIGHTS_FILE} does not match the {name!r} architecture in {CONFIG_FILE}: "

@@ -232,6 +232,57 @@ class HFVisionExpert(Expert):
             config[cls.pooled_dim_key] = hidden
         return config
 
+    # Upper bounds for a saved architecture (ViT-g/14 is 1408 x 40, MLP 6144): far above any real model, far below
+    # what would make loading allocate gigabytes or build for minutes before the weights are checked.
+    CONFIG_LIMITS: ClassVar[dict[str, int]] = {
+        "hidden_size": 8192, "intermediate_size": 32768, "num_hidden_layers": 128, "num_attention_heads": 128,
+        "patch_size": 1024, "image_size": 4096, "projection_dim": 8192, "num_channels": 4}
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """A saved expert carries its whole architecture: no backbone to fetch, bounded sizes, known kernels only."""
+        super().check_config(config)
+        if config.get("backbone") is not None:
+            raise ValueError(f"backbone: a saved expert never loads a backbone from elsewhere (got "
+                             f"{config['backbone']!r}); its architecture is backbone_config and its weights are "
+                             "model.safetensors")
+        architecture = config.get("backbone_config")
+        if not isinstance(architecture, dict):
+            raise ValueError(f"backbone_config must be a JSON object (the architecture), got "
+                             f"{type(architecture).__name__}")
+        for key, limit in cls.CONFIG_LIMITS.items():
+            if key in architecture:
+                value = architecture[key]
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                    raise ValueError(f"backbone_config.{key} must be an integer from 1 to {limit}, got {value!r}")
+        merged = {**cls.default_architecture, **architecture}
+        if merged.get("hidden_size", 1) % merged.get("num_attention_heads", 1):
+            raise ValueError(f"backbone_config.num_attention_heads ({merged['num_attention_heads']}) must divide "
+                             f"hidden_size ({merged['hidden_size']})")
+        if merged.get("patch_size", 1) > merged.get("image_size", 1):
+            raise ValueError(f"backbone_config.patch_size ({merged['patch_size']}) exceeds image_size "
+                             f"({merged['image_size']})")
+        for key, value in architecture.items():
+            if key.endswith("_implementation") or key.startswith("_"):
+                raise ValueError(f"backbone_config.{key} is not part of an architecture (kernels are chosen by "
+                                 "fdcore, never by a saved file)")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"backbone_config.{key} must be finite, got {value!r}")
+        if config.get("attn_implementation", "sdpa") not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {config['attn_implementation']!r}")
+        head = config.get("head_hidden", HEAD_HIDDEN)
+        if isinstance(head, bool) or not isinstance(head, int) or not 1 <= head <= 65536:
+            raise ValueError(f"head_hidden must be an integer from 1 to 65536, got {head!r}")
+        dropout = config.get("dropout", HEAD_DROPOUT)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        layers = config.get("feature_layers")
+        if layers is not None and (not isinstance(layers, list) or not all(isinstance(n, str) for n in layers)):
+            raise ValueError(f"feature_layers must be a list of layer names, got {layers!r}")
+        seed = config.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer or null, got {seed!r}")
+
     @classmethod
     def tiny_config(cls) -> dict:
         """Constructor kwargs for a tiny random-weight instance (tests, smoke runs): no download."""

@@ -73,6 +73,26 @@ class Expert(torch.nn.Module, metaclass=abc.ABCMeta):
         return cls(**config)
 
     @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Refuse a saved config before anything is built from it: it comes from a file anyone may have edited.
+
+        Raise ``ValueError`` naming the field. The base check: a JSON object whose keys the constructor accepts.
+        Override to bound sizes (a config must not make loading allocate gigabytes or spin for minutes before
+        the weights are checked against it) and to forbid options that reach outside the expert's folder (a Hub id,
+        a path), then call ``super().check_config(config)``.
+        """
+        import inspect
+
+        if not isinstance(config, dict):
+            raise ValueError(f"config must be a JSON object of constructor arguments, got {type(config).__name__}")
+        parameters = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            unknown = sorted(set(config) - set(parameters) - {"self"})
+            if unknown:
+                raise ValueError(f"config has unknown field(s) {unknown}; {cls.__name__} accepts "
+                                 f"{sorted(set(parameters) - {'self'})}")
+
+    @classmethod
     def describe(cls) -> dict:
         return {}
 

@@ -133,3 +133,19 @@ def test_predict_outputs_calibrated_scores_for_the_rule_it_was_fitted_for(toy_en
     invoke("predict", str(small_folder), "--ensemble", str(toy_ensemble), "--out", str(other), "--workers", "0",
            "--aggregator", "max", "--quiet")
     assert json.loads((other / "predictions.meta.json").read_text())["calibrated"] is False
+
+
+def test_set_level_fusion_sees_the_whole_evaluation_whatever_the_batch(toy_ensemble, small_folder):
+    from fdcore.ensemble import load_ensemble
+    from fdcore.evaluation import VariantPlan, load_rows, score_dataset
+
+    ensemble = load_ensemble(toy_ensemble, device="cpu")
+    _, rows = load_rows([str(small_folder)])
+    plan = VariantPlan(copies=1, seed=2)
+    by_batch = {}
+    for batch_size in (1, 16):
+        records, _ = score_dataset(ensemble, rows, plan, aggregator="rank-mean", batch_size=batch_size)
+        by_batch[batch_size] = {record["image_id"]: record["score"] for record in records}
+    assert by_batch[1] == by_batch[16]
+    scores = sorted(by_batch[1].values())
+    assert len(set(scores)) > len(scores) // 2 and scores[0] < 0.2 and scores[-1] > 0.8  # ranks over all 48 variants

@@ -87,6 +87,7 @@ def test_smoke_reproduction_on_real_images(shared_data, tmp_path):
     for row in results["paired"]:
         assert row["ci"][0] <= row["ci"][1] and 0 <= row["p_a_not_better"] <= 1 and -1 <= row["difference"] <= 1
     assert "Paired bootstrap" in table and "| npr-jpeg | jpeg-recompress |" in table
+    assert "| npr-featdistill | featdistill |" in table
 
     # A second invocation reuses every trained run and reproduces the same figures.
     again = reproduce.run_reproduction(shared_data, out, "smoke", seed=0, echo=messages.append)

@@ -77,7 +77,8 @@ SIZES = {
                               npr_lr=1e-3),
 }
 # NPR variants: (name, training policy, seed offset). Stage 1 only: NPR is a one-stage detector in its paper.
-NPR_VARIANTS = (("npr-clean", "none", 0), ("npr-clean-seed1", "none", 1), ("npr-jpeg", "jpeg-recompress", 0))
+NPR_VARIANTS = (("npr-clean", "none", 0), ("npr-clean-seed1", "none", 1), ("npr-jpeg", "jpeg-recompress", 0),
+                ("npr-featdistill", "featdistill", 0))
 MAIN_NPR = "npr-clean"
 
 

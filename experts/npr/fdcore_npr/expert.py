@@ -160,6 +160,20 @@ class NPRExpert(fdcore.Expert):
         return {"input_size": 224, "parameters": parameters}
 
     @classmethod
+    def check_config(cls, config) -> None:
+        """Sizes a saved NPR may have (anything larger is a tampered file, not a model)."""
+        super().check_config(config)
+        limits = {"crop_size": 4096, "crops": 64, "width": 1024}
+        for key, limit in limits.items():
+            value = config.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(f"{key} must be an integer from 1 to {limit}, got {value!r}")
+        blocks = config.get("blocks", [3, 4])
+        if not isinstance(blocks, list) or len(blocks) != 2 or not all(
+                isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 64 for b in blocks):
+            raise ValueError(f"blocks must be two integers from 1 to 64, got {blocks!r}")
+
+    @classmethod
     def tiny_config(cls) -> dict:
         return {"crop_size": 32, "crops": 1, "width": 8, "blocks": [1, 1]}
 
