@@ -88,7 +88,8 @@ def plugins_command(as_json, include_builtins):
         registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in item["registered"].items())
         rows.append({"distribution": item["name"], "version": item["version"] or "",
                      "hooks": ",".join(item["hooks"]), "registered": registered,
-                     "status": "error: " + " | ".join(item["errors"]) if item["errors"] else "ok"})
+                     "status": ("error: " + " | ".join(item["errors"]) if item["errors"]
+                                else item.get("status", "ok"))})
     echo_table(rows, ["distribution", "version", "hooks", "registered", "status"])
 
 

@@ -65,6 +65,7 @@ _manager: pluggy.PluginManager | None = None
 _loaded = False
 _records: dict[str, PluginRecord] = {}
 _failures: list[PluginFailure] = []
+_declared_only: list[dict] = []  # declared but deliberately not loaded (FDCORE_LOAD_PLUGINS)
 
 
 def strict() -> bool:
@@ -141,33 +142,80 @@ def _distributions():
 
 
 def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, Any]]:
+    """Every ``fdcore`` entry point of every installed distribution (one per entry-point name and distribution)."""
     found = []
     seen = set()
     for dist in _distributions():
         for ep in dist.entry_points:
-            if ep.group != ENTRY_POINT_GROUP or ep.name in seen:
+            key = (ep.name, dist.metadata["Name"])
+            if ep.group != ENTRY_POINT_GROUP or key in seen:
                 continue
-            seen.add(ep.name)
+            seen.add(key)
             found.append((ep, dist))
-    found.sort(key=lambda pair: pair[0].name)
+    found.sort(key=lambda pair: (pair[0].name, pair[1].metadata["Name"]))
     return found
 
 
+def reserved(name: str) -> bool:
+    """Entry-point names a distribution may not take: the built-ins' and anything in fdcore's namespace."""
+    return name in DEFAULT_PLUGINS or name == "fdcore" or name.startswith("fdcore.")
+
+
 def load_plugins() -> pluggy.PluginManager:
-    """Load installed plugins and the built-ins once; safe to call any number of times."""
+    """Load the built-ins and the installed plugins once; safe to call any number of times.
+
+    The built-ins register first, under names no entry point may take. Two distributions declaring the same
+    entry-point name are both refused and reported (which one wins must never depend on discovery order); choose
+    one with ``FDCORE_LOAD_PLUGINS=<distribution>`` or uninstall the other. A name in ``FDCORE_LOAD_PLUGINS`` that
+    no installed distribution declares is reported too.
+    """
     global _loaded
     manager = get_plugin_manager()
     if _loaded:
         return manager
     _loaded = True
+    from fdcore import __version__
+
+    for module_name in DEFAULT_PLUGINS:
+        if manager.get_plugin(module_name) is not None:
+            continue
+        module = importlib.import_module(module_name)
+        if _register_module(manager, module, module_name, "fdcore", __version__):
+            _records[module_name] = PluginRecord(module_name, module_name, "fdcore", __version__, None, builtin=True)
     selected = _selected()
-    for ep, dist in _entry_points():
+    declared = _entry_points()
+    by_name: dict[str, list] = {}
+    for ep, dist in declared:
         dist_name = dist.metadata["Name"]
-        version = dist.version
         if selected is not None and ep.name not in selected and dist_name not in selected:
+            _declared_only.append({"plugin": ep.name, "distribution": dist_name, "version": dist.version,
+                                   "entry_point": f"{ep.name} = {ep.value}",
+                                   "status": "not loaded: not selected by FDCORE_LOAD_PLUGINS"})
             continue
-        if manager.get_plugin(ep.name) is not None:
+        by_name.setdefault(ep.name, []).append((ep, dist))
+    if selected is not None:
+        known = {ep.name for ep, _ in declared} | {dist.metadata["Name"] for _, dist in declared}
+        for name in sorted(selected - known):
+            report_failure(PluginFailure(name, None, None, "selection",
+                                         f"FDCORE_LOAD_PLUGINS names {name!r}, which no installed distribution "
+                                         f"declares; installed: {', '.join(sorted(known)) or 'none'}"))
+    for name, entries in sorted(by_name.items()):
+        if reserved(name):
+            for ep, dist in entries:
+                report_failure(PluginFailure(name, dist.metadata["Name"], dist.version, "validation",
+                                             f"the entry-point name {name!r} is reserved for fdcore's built-ins; "
+                                             "rename the entry point (the convention is the plugin's short name)"))
             continue
+        if len(entries) > 1:
+            owners = ", ".join(f"{dist.metadata['Name']} {dist.version}" for _, dist in entries)
+            for ep, dist in entries:
+                report_failure(PluginFailure(name, dist.metadata["Name"], dist.version, "validation",
+                                             f"the entry-point name {name!r} is declared by several distributions "
+                                             f"({owners}); none of them is loaded. Uninstall all but one, or choose "
+                                             "one with FDCORE_LOAD_PLUGINS=<distribution name>"))
+            continue
+        [(ep, dist)] = entries
+        dist_name, version = dist.metadata["Name"], dist.version
         try:
             module = ep.load()
         except BaseException as exc:  # a plugin may raise anything, SystemExit included
@@ -178,14 +226,6 @@ def load_plugins() -> pluggy.PluginManager:
         if _register_module(manager, module, ep.name, dist_name, version):
             _records[ep.name] = PluginRecord(ep.name, getattr(module, "__name__", str(module)), dist_name,
                                              version, f"{ep.name} = {ep.value}", builtin=False)
-    from fdcore import __version__
-
-    for module_name in DEFAULT_PLUGINS:
-        if manager.get_plugin(module_name) is not None:
-            continue
-        module = importlib.import_module(module_name)
-        if _register_module(manager, module, module_name, "fdcore", __version__):
-            _records[module_name] = PluginRecord(module_name, module_name, "fdcore", __version__, None, builtin=True)
     return manager
 
 
@@ -231,20 +271,28 @@ def plugins_info(include_builtins: bool = False) -> list[dict[str, Any]]:
             "registered": registry.registered_by(name),
             "errors": [f.message() for f in _failures if f.plugin == name],
         })
-    failed_plugins = {f.plugin for f in _failures}
-    for plugin_name in sorted(failed_plugins - {entry["plugin"] for entry in info}):
-        failure = next(f for f in _failures if f.plugin == plugin_name)
+    listed = {(entry["plugin"], entry["name"]) for entry in info}
+    for failure in _failures:
+        key = (failure.plugin, failure.distribution or failure.plugin)
+        if key in listed:
+            continue
+        listed.add(key)
         info.append({
-            "name": failure.distribution or plugin_name,
-            "plugin": plugin_name,
+            "name": failure.distribution or failure.plugin,
+            "plugin": failure.plugin,
             "version": failure.version,
             "module": None,
             "entry_point": None,
             "builtin": failure.distribution == "fdcore",
             "hooks": [],
             "registered": {},
-            "errors": [f.message() for f in _failures if f.plugin == plugin_name],
+            "errors": [f.message() for f in _failures if f.plugin == failure.plugin
+                       and (f.distribution or f.plugin) == key[1]],
         })
+    for entry in _declared_only:
+        info.append({"name": entry["distribution"], "plugin": entry["plugin"], "version": entry["version"],
+                     "module": None, "entry_point": entry["entry_point"], "builtin": False, "hooks": [],
+                     "registered": {}, "errors": [], "status": entry["status"]})
     return info
 
 
@@ -255,6 +303,7 @@ def reset() -> None:
     _loaded = False
     _records.clear()
     _failures.clear()
+    _declared_only.clear()
     from fdcore import registry
 
     registry.clear()

@@ -119,8 +119,11 @@ def _build(kind: Kind) -> dict[str, Entry]:
     table: dict[str, Entry] = {}
     hook_caller = getattr(manager.hook, kind.hook)
     # Built-ins first so that a plugin reusing a built-in name is the one refused.
-    impls = sorted(hook_caller.get_hookimpls(), key=lambda impl: (not impl.plugin_name.startswith("fdcore."),
-                                                                  impl.plugin_name))
+    def builtin(name: str) -> bool:
+        record = plugins.record_for(name)
+        return bool(record and record.builtin)
+
+    impls = sorted(hook_caller.get_hookimpls(), key=lambda impl: (not builtin(impl.plugin_name), impl.plugin_name))
     for impl in impls:
         record = plugins.record_for(impl.plugin_name)
         staged: dict[str, Entry] = dict(table)

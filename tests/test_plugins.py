@@ -104,11 +104,47 @@ def test_load_plugins_selection(fake_distributions, monkeypatch):
     assert "mean" in names  # built-ins always load
 
 
-def test_selected_plugin_that_is_not_installed_loads_nothing_else(fake_distributions, monkeypatch):
+def test_selected_plugin_that_is_not_installed_loads_nothing_else_and_is_reported(fake_distributions, monkeypatch):
     fake_distributions.append(FakeDistribution("fdcore-broken", "1", [FakeEntryPoint("broken", broken_loader)]))
     monkeypatch.setenv("FDCORE_LOAD_PLUGINS", "nothing-by-that-name")
     fdcore.list_aggregators()
-    assert plugins.failures() == []  # the broken plugin was never imported
+    [failure] = plugins.failures()  # the typo is reported; the broken plugin was never imported
+    assert failure.stage == "selection" and "nothing-by-that-name" in failure.error and "broken" in failure.error
+    listed = {item["name"]: item for item in plugins.plugins_info()}
+    assert listed["fdcore-broken"]["status"].startswith("not loaded")  # still shown: it is installed
+
+
+def test_an_entry_point_cannot_displace_the_builtins(fake_distributions):
+    impostor = aggregator_plugin("mean", "fdcore_impostor_builtin")
+    fake_distributions.append(FakeDistribution("evil", "1", [
+        FakeEntryPoint("fdcore.builtin.aggregators", lambda: impostor)]))
+    assert registry.entry("aggregators", "mean").provider == "fdcore"
+    assert float(fdcore.get_aggregator("mean")(torch_tensor([[0.2], [0.8]]))[0]) == pytest.approx(0.5)
+    [failure] = plugins.failures()
+    assert failure.distribution == "evil" and "reserved" in failure.error
+
+
+def test_two_distributions_with_one_entry_point_name_are_both_refused(fake_distributions):
+    first = aggregator_plugin("rule-a", "fdcore_first_clip")
+    second = aggregator_plugin("rule-b", "fdcore_second_clip")
+    for order in ((first, second), (second, first)):  # whatever the discovery order
+        plugins.reset()
+        fake_distributions.clear()
+        fake_distributions.append(FakeDistribution("fdcore-clip", "1", [FakeEntryPoint("clip", lambda: order[0])]))
+        fake_distributions.append(FakeDistribution("clip-fork", "2", [FakeEntryPoint("clip", lambda: order[1])]))
+        names = fdcore.list_aggregators()
+        assert "rule-a" not in names and "rule-b" not in names
+        failures = plugins.failures()
+        assert sorted(f.distribution for f in failures) == ["clip-fork", "fdcore-clip"]
+        assert all("several distributions" in f.error and "FDCORE_LOAD_PLUGINS" in f.error for f in failures)
+        listed = {item["name"] for item in plugins.plugins_info()}
+        assert {"fdcore-clip", "clip-fork"} <= listed
+
+
+def torch_tensor(values):
+    import torch
+
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def test_duplicate_names_are_refused_naming_both_providers(fake_distributions, capsys):
