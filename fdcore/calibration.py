@@ -193,13 +193,23 @@ class Calibration:
         if path.is_dir():
             path = path / CALIBRATION_FILENAME
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = path.read_bytes()
         except FileNotFoundError:
             raise CalibrationError(f"no calibration file at {path}; fit one with fdcore calibrate") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        except OSError as error:
             raise CalibrationError(f"cannot read calibration {path}: {error}; refit it with fdcore calibrate") \
                 from error
-        return cls.from_dict(data, source=str(path))
+        return cls.from_bytes(data, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "calibration") -> "Calibration":
+        """Parse a calibration file's bytes (already read, e.g. to hash exactly what is used)."""
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CalibrationError(f"cannot read calibration {source}: {error}; refit it with fdcore calibrate") \
+                from error
+        return cls.from_dict(document, source=source)
 
 
 def _temperature_from_logits(labels: np.ndarray, logits: np.ndarray) -> float:

@@ -516,7 +516,7 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
         expert_config: FeatDistill releases only: ``{file tag: constructor kwargs}`` for checkpoints whose
             architecture is not the plugin's default (e.g. a smaller backbone); see fdcore.featdistill.
     """
-    from fdcore.expert_io import CONFIG_FILE, expert_identity, load_expert
+    from fdcore.expert_io import CONFIG_FILE, load_expert_with_identity
 
     directory = Path(path)
     if not directory.is_dir():
@@ -530,8 +530,8 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
         members = []
         for spec in document["experts"]:
             expert_dir = inside(directory, spec["path"], "expert")
-            expert = ready_for_precision(load_expert(expert_dir, device=device, dtype=dtype), precision)
-            members.append(Member(spec["name"], expert, spec["weight"], expert_identity(expert_dir),
+            expert, identity = load_expert_with_identity(expert_dir, device=device, dtype=dtype)
+            members.append(Member(spec["name"], ready_for_precision(expert, precision), spec["weight"], identity,
                                   str(expert_dir)))
         calibration = document.get("calibration")
         calibration_identity = None
@@ -539,10 +539,11 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
             calibration_path = inside(directory, calibration, "calibration")
             if not calibration_path.is_file():
                 raise EnsembleError(f"{directory / ENSEMBLE_FILE} names calibration {calibration!r}, which is missing")
-            calibration_identity = hashlib.sha256(calibration_path.read_bytes()).hexdigest()
+            calibration_bytes = calibration_path.read_bytes()  # read once: what is hashed is what is used
+            calibration_identity = hashlib.sha256(calibration_bytes).hexdigest()
             from fdcore.calibration import Calibration
 
-            calibrator = Calibration.load(calibration_path)
+            calibrator = Calibration.from_bytes(calibration_bytes, str(calibration_path))
         else:
             calibrator = None
         return Ensemble(members, aggregator=document.get("aggregator") or "mean", kind=FORMAT_NAME,
@@ -550,8 +551,9 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
                         card=document.get("card"), calibration=calibration_identity, calibrator=calibrator,
                         threshold=document.get("threshold"))
     if (directory / CONFIG_FILE).is_file():
-        expert = ready_for_precision(load_expert(directory, device=device, dtype=dtype), precision)
-        member = Member(expert.name, expert, 1.0, expert_identity(directory), str(directory))
+        expert, identity = load_expert_with_identity(directory, device=device, dtype=dtype)
+        expert = ready_for_precision(expert, precision)
+        member = Member(expert.name, expert, 1.0, identity, str(directory))
         return Ensemble([member], aggregator="mean", kind="fdcore-expert", source=str(directory.resolve()),
                         device=device, precision=precision)
     files = featdistill_files(directory)

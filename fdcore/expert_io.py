@@ -402,7 +402,10 @@ def read_expert_config(directory) -> dict:
     """expert.json of an expert directory, verified against its manifest."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    data = read_verified(directory / CONFIG_FILE, manifest["files"].get(CONFIG_FILE))
+    return _parse_expert_config(directory, read_verified(directory / CONFIG_FILE, manifest["files"].get(CONFIG_FILE)))
+
+
+def _parse_expert_config(directory: Path, data: bytes) -> dict:
     try:
         config = json.loads(data)
     except ValueError as exc:
@@ -414,7 +417,10 @@ def read_expert_config(directory) -> dict:
 
 def expert_identity(directory) -> str:
     """A content hash of the expert (its manifest's file hashes), for binding outputs to the model that made them."""
-    manifest = read_manifest(Path(directory))
+    return manifest_identity(read_manifest(Path(directory)))
+
+
+def manifest_identity(manifest: dict) -> str:
     listing = sorted((name, entry["sha256"]) for name, entry in manifest["files"].items())
     return sha256_bytes(json.dumps(listing).encode())
 
@@ -440,13 +446,20 @@ def load_expert(directory, device: str = "cpu", dtype=None):
     The expert's plugin must be installed (the class is looked up by its registered name, never imported from a
     path in the file). Returns the expert in eval mode on ``device``.
     """
+    return load_expert_with_identity(directory, device, dtype)[0]
+
+
+def load_expert_with_identity(directory, device: str = "cpu", dtype=None):
+    """:func:`load_expert`, plus the identity of exactly what was loaded: computed from the manifest whose hashes
+    the loaded bytes were checked against (read once), never by reading the folder again, so a folder changed in
+    place while loading cannot bind another model's identity to these weights."""
     from fdcore import registry
 
     directory = Path(directory)
     manifest = read_manifest(directory)
     if WEIGHTS_FILE not in manifest["files"] or CONFIG_FILE not in manifest["files"]:
         raise ExpertFormatError(f"{directory / MANIFEST_FILE} must list {CONFIG_FILE} and {WEIGHTS_FILE}")
-    config = read_expert_config(directory)
+    config = _parse_expert_config(directory, read_verified(directory / CONFIG_FILE, manifest["files"][CONFIG_FILE]))
     name = config.get("expert")
     try:
         expert_class = registry.get("experts", name)
@@ -481,7 +494,7 @@ def load_expert(directory, device: str = "cpu", dtype=None):
     expert.eval()
     if dtype is not None:
         expert.to(dtype=dtype)
-    return expert.to(device)
+    return expert.to(device), manifest_identity(manifest)
 
 
 def copy_verified_expert(source, target) -> Path:

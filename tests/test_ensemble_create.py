@@ -129,3 +129,38 @@ def test_nothing_an_ensemble_or_expert_names_may_lie_outside_its_folder(two_expe
     (outside / "toy" / "manifest.json").write_text(json.dumps(manifest))
     info = fdcore_command("expert", "info", str(outside / "toy"))
     assert info.returncode == 2 and "not a plain file name" in info.stderr and "sha256" not in info.stdout
+
+
+def test_the_identity_is_that_of_the_bytes_loaded_even_if_the_folder_changes_meanwhile(two_experts, tmp_path,
+                                                                                       monkeypatch):
+    import shutil
+
+    import fdcore.expert_io as expert_io
+
+    toy_dir, _ = two_experts
+    loaded_model = create_ensemble(tmp_path / "a", [toy_dir])
+    other = tmp_path / "b"
+    fdcore.save_expert(fdcore.get_expert("toy", width=4, seed=99), other)
+    expected = expert_io.expert_identity(loaded_model / "toy")
+    replaced = expert_io.expert_identity(other)
+    parse = expert_io.parse_safetensors
+
+    def swap_while_loading(data, origin):
+        state = parse(data, origin)  # the verified bytes are parsed; now someone replaces the folder in place
+        for name in ("expert.json", "model.safetensors", "manifest.json"):
+            shutil.copy2(other / name, loaded_model / "toy" / name)
+        return state
+
+    monkeypatch.setattr(expert_io, "parse_safetensors", swap_while_loading)
+    ensemble = fdcore.load_ensemble(loaded_model, device="cpu")
+    monkeypatch.setattr(expert_io, "parse_safetensors", parse)
+    assert ensemble.members[0].identity == expected != replaced
+    reference = fdcore.get_expert("toy", width=4, seed=1)
+    assert all(torch_equal(a, b) for a, b in zip(ensemble.members[0].expert.state_dict().values(),
+                                                 reference.state_dict().values()))
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
