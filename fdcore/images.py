@@ -60,6 +60,8 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # Above this long/short side ratio the short-side resize intermediate (size^2 * ratio pixels) stops being small.
 DEFAULT_MAX_ASPECT_RATIO = 50.0
 BACKGROUND_RGB = (255, 255, 255)
+# Rows converted at a time by the 16-bit and alpha paths: their wide intermediates stay a few MB whatever the image.
+STRIP_ROWS = 256
 
 # Content signatures of formats that are recognised but refused (so the error says "not allowed", not "garbage").
 _REFUSED_SIGNATURES = (
@@ -249,9 +251,12 @@ def to_model_rgb(image) -> tuple[Any, list[str]]:
         raise ImageRejected("unsupported_mode", "floating-point images (mode F) have no defined 8-bit scaling")
     if mode.startswith("I;16") or mode == "I":
         values = np.asarray(image)
-        values = np.clip(values.astype(np.int64), 0, 65535)
-        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
-        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB"), notes
+        rgb = np.empty(values.shape[:2] + (3,), dtype=np.uint8)
+        for top in range(0, values.shape[0], STRIP_ROWS):  # strips: the int64 intermediate stays small
+            strip = np.clip(values[top:top + STRIP_ROWS].astype(np.int64), 0, 65535)
+            rgb[top:top + STRIP_ROWS] = ((strip * 255 + 32767) // 65535).astype(np.uint8)[:, :, None]
+        del values
+        return Image.fromarray(rgb, "RGB"), notes
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     try:
         if has_alpha:
@@ -263,11 +268,20 @@ def to_model_rgb(image) -> tuple[Any, list[str]]:
 
 
 def composite_on_background(rgba: np.ndarray, background: tuple[int, int, int] = BACKGROUND_RGB) -> np.ndarray:
-    """``HxWx4`` uint8 -> ``HxWx3`` uint8 over an opaque background, rounded: alpha 0 gives exactly the background."""
-    alpha = rgba[:, :, 3:4].astype(np.uint32)
-    colour = rgba[:, :, :3].astype(np.uint32)
-    back = np.asarray(background, dtype=np.uint32).reshape(1, 1, 3)
-    return ((colour * alpha + back * (255 - alpha) + 127) // 255).astype(np.uint8)
+    """``HxWx4`` uint8 -> ``HxWx3`` uint8 over an opaque background, rounded: alpha 0 gives exactly the background.
+
+    Computed in strips of rows with 16-bit intermediates (``c*a + b*(255-a) + 127`` is at most 65,152), so the
+    extra memory is a few strips, not several full-size 32-bit copies of the image."""
+    out = np.empty(rgba.shape[:2] + (3,), dtype=np.uint8)
+    back = np.asarray(background, dtype=np.uint16).reshape(1, 1, 3)
+    for top in range(0, rgba.shape[0], STRIP_ROWS):
+        block = rgba[top:top + STRIP_ROWS]
+        alpha = block[:, :, 3:4].astype(np.uint16)
+        value = block[:, :, :3].astype(np.uint16) * alpha
+        value += back * (255 - alpha)
+        value += 127
+        out[top:top + STRIP_ROWS] = value // 255
+    return out
 
 
 def _apply_exif_orientation(image, notes: list[str]):

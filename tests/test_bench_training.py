@@ -49,3 +49,14 @@ def test_the_npr_benchmark_runs_in_its_tiny_mode(tmp_path):
     for row in result["results"]:
         assert row["images_per_s"] > 0 and row["peak_rss_mib"] > 0
     assert "flags" in result["environment"] and result["environment"]["tiny"] is True
+
+
+def test_the_image_memory_benchmark_measures_every_pixel_mode(tmp_path):
+    out = tmp_path / "memory.json"
+    script = SCRIPT.with_name("bench_image_memory.py")
+    done = subprocess.run([sys.executable, str(script), "--size", "300", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [row["mode"] for row in rows] == ["RGB", "RGBA", "LA", "L", "P+transparency", "I;16", "I", "CMYK"]
+    assert all(row["width"] == row["height"] == 300 and row["peak_growth_mib"] >= 0 for row in rows)
