@@ -192,6 +192,24 @@ class Ensemble:
             return self.weights
         return None
 
+    def check_fusion(self, aggregator: str | None = None, weights: Sequence[float] | None = None) -> None:
+        """Fuse a small fixed probe before any image is scored, so that a fusion rule that fails or returns NaN
+        (a plugin's) is reported at once, not after hours of scoring."""
+        values = (0.02, 0.5, 0.97, 0.31, 0.74)
+        probe = np.array([[values[(row + column) % 5] for column in range(5)] for row in range(len(self.members))])
+        name = aggregator or self.aggregator
+        try:
+            fused = self.fuse(probe, aggregator, weights)
+        except EnsembleError:
+            raise
+        except Exception as exc:
+            raise EnsembleError(f"aggregator {name!r} fails on a probe of valid probabilities ({type(exc).__name__}: "
+                                f"{exc}); fix or uninstall the plugin that provides it, or choose another "
+                                "--aggregator") from None
+        if fused.shape != (probe.shape[1],) or not np.isfinite(fused).all():
+            raise EnsembleError(f"aggregator {name!r} returns {fused!r} for a probe of valid probabilities; "
+                                "choose another --aggregator")
+
     def calibrated(self, scores, aggregator: str | None = None) -> tuple[np.ndarray, bool]:
         """Apply the stored calibration when it was fitted for this fusion rule; returns (scores, applied).
 

@@ -213,6 +213,7 @@ def run_evaluation(ensemble_path, data, out_dir, plan: VariantPlan, aggregator: 
     from fdcore.report import write_report
 
     ensemble = load_ensemble(ensemble_path, device=device, precision=precision)
+    ensemble.check_fusion(aggregator, weights)
     spec, rows = load_rows(data, seed=plan.seed, max_images=max_images)
     _set_total(progress, len(rows))
     records, skipped = score_dataset(ensemble, rows, plan, aggregator=aggregator, weights=weights,

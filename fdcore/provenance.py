@@ -18,8 +18,16 @@ def package_versions(packages: Sequence[str]) -> dict[str, str]:
     return versions
 
 
-def plugin_set() -> list[str]:
-    """Installed plugins as sorted ``name==version`` strings (built-ins excluded: they come with fdcore's version)."""
+def plugin_set(used: dict[str, list[str]] | None = None) -> list[str]:
+    """Plugins as sorted ``name==version`` strings (built-ins excluded: they come with fdcore's version).
+
+    With ``used`` (``{kind: [registered names]}``), only the distributions that provide those names: what a result
+    depends on, so installing an unrelated plugin does not change it."""
+    from fdcore import registry
     from fdcore.plugins import plugins_info
 
-    return sorted(f"{item['name']}=={item['version']}" for item in plugins_info(include_builtins=False))
+    installed = plugins_info(include_builtins=False)
+    if used is None:
+        return sorted(f"{item['name']}=={item['version']}" for item in installed if "status" not in item)
+    providers = {registry.entry(kind, name).provider for kind, names in used.items() for name in names}
+    return sorted(f"{item['name']}=={item['version']}" for item in installed if item["name"] in providers)

@@ -75,3 +75,24 @@ def test_a_tampered_npr_config_is_refused(tmp_path):
         _tamper(directory, edit)
         with pytest.raises(ExpertFormatError, match=field):
             fdcore.load_expert(directory)
+
+
+@pytest.mark.parametrize("header", [b"[1,2]", b'{"a": 5}', b'{"a": {"shape": "x"}}', b'{"a": {"shape": [1e99]}}',
+                                    b"not json"])
+def test_expert_info_reports_a_malformed_weights_header(tmp_path, header):
+    import struct
+
+    directory = tmp_path / "toy"
+    fdcore.save_expert(fdcore.get_expert("toy", width=4), directory)
+    data = struct.pack("<Q", len(header)) + header
+    (directory / "model.safetensors").write_bytes(data)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest["files"]["model.safetensors"] = {"size_bytes": len(data), "sha256": sha256_bytes(data)}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    result = fdcore_command("expert", "info", str(directory))
+    assert result.returncode == 2 and "model.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_degrade_sheet_of_a_folder_is_a_clear_error(tmp_path):
+    result = fdcore_command("degrade", "--sheet", str(tmp_path / "sheet.png"), str(tmp_path))
+    assert result.returncode == 2 and "is a directory" in result.stderr and "Traceback" not in result.stderr

@@ -413,3 +413,40 @@ def test_the_python_api_says_what_it_expects(toy_ensemble, tmp_path):
         ensemble.predict_paths("a.jpg")
     with pytest.raises(TypeError, match=r"pass \[image\]"):
         ensemble.predict_pil(Image.new("RGB", (8, 8)))
+
+
+def test_a_fusion_rule_returning_nan_is_refused_before_any_image_is_scored(toy_ensemble, clean, tmp_path):
+    from fdcore.testing import plugin_registered
+
+    class Broken(fdcore.Aggregator):
+        name = "broken-nan"
+        description = "returns NaN (test)"
+
+        def fuse(self, probs, weights):
+            return probs.mean(dim=0) * float("nan")
+
+    class BrokenPlugin:
+        @fdcore.hookimpl
+        def register_aggregators(self, register):
+            register(Broken)
+
+    with plugin_registered(BrokenPlugin()):
+        with pytest.raises(EnsembleError, match="broken-nan"):
+            run(clean, toy_ensemble, tmp_path / "out", aggregator="broken-nan")
+    assert not (tmp_path / "out" / ".fdcore-predict").exists()  # nothing was scored
+
+
+def test_a_work_log_line_outside_zero_one_is_dropped_not_fatal(toy_ensemble, clean, tmp_path):
+    from fdcore.predict import state, worklog
+
+    out = tmp_path / "out"
+    assert run(clean, toy_ensemble, out).exit_code == 0
+    expected = (out / "predictions.csv").read_bytes()
+    log = next((out / state.WORK_DIR).glob("rows-*.jsonl"))
+    lines = log.read_text().splitlines(keepends=True)
+    forged = json.loads(lines[0])
+    forged["p"] = [1.5, -0.2]
+    log.write_text(json.dumps(forged) + "\n" + "".join(lines[1:]))
+    assert worklog.read_logs(out / state.WORK_DIR).corrupt_lines == 1
+    assert run(clean, toy_ensemble, out).exit_code == 0  # the forged image is simply scored again
+    assert (out / "predictions.csv").read_bytes() == expected

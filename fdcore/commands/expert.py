@@ -181,16 +181,27 @@ def _tensor_summary(weights: Path) -> dict:
         (length,) = struct.unpack("<Q", prefix) if len(prefix) == 8 else (None,)
         if length is None or length > MAX_SAFETENSORS_HEADER:
             raise ExpertFormatError(f"{weights} has no valid safetensors header")
-        header = json.loads(handle.read(length))
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as exc:
+            raise ExpertFormatError(f"{weights} has a safetensors header that is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ExpertFormatError(f"{weights}: the safetensors header must be a JSON object of tensors")
     count, dtypes = 0, set()
     for key, entry in header.items():
         if key == "__metadata__":
             continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not isinstance(dtype, str) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ExpertFormatError(f"{weights}: tensor {key!r} in the safetensors header needs a dtype and a shape "
+                                    f"of non-negative integers, got {entry!r:.200}")
         elements = 1
-        for dimension in entry["shape"]:
+        for dimension in shape:
             elements *= dimension
         count += elements
-        dtypes.add(entry["dtype"])
+        dtypes.add(dtype)
     return {"parameters": count, "tensors": len(header) - ("__metadata__" in header), "dtypes": sorted(dtypes)}
 
 

@@ -170,7 +170,9 @@ def build_binding(options: PredictOptions, ensemble: Ensemble, aggregator, weigh
         "precision": ensemble.precision,
         "device_type": ensemble.device.split(":")[0],
         "versions": package_versions(("fdcore", "torch", "pillow", "numpy")),
-        "plugins": plugin_set(),
+        # only the plugins that provide this run's experts and fusion rule: an unrelated install changes nothing
+        "plugins": plugin_set({"experts": sorted({m.expert.name for m in ensemble.members}),
+                               "aggregators": [aggregator.name]}),
         "input_root": os.path.realpath(options.images),
         "score_format": outputs.SCORE_FORMAT,
     }
@@ -447,6 +449,7 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
                                              skip_hash_check=options.skip_hash_check)
                 aggregator = ensemble.aggregator_for(options.aggregator)
                 weights = ensemble.fusion_weights(aggregator, options.weights)
+                ensemble.check_fusion(aggregator.name, weights)
                 plan = plan_run(options, ensemble, aggregator, weights)
             except BaseException as exc:
                 group.broadcast({"error": f"{type(exc).__name__}: {exc}"})

@@ -44,7 +44,7 @@ def _valid(record) -> bool:
     if record.get("status") == "ok":
         probabilities = record.get("p")
         return (isinstance(probabilities, list) and len(probabilities) > 0 and
-                all(isinstance(v, float) and math.isfinite(v) for v in probabilities))
+                all(isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 1.0 for v in probabilities))
     return record.get("status") == "error" and isinstance(record.get("code"), str)
 
 
