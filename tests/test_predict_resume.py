@@ -192,7 +192,9 @@ def test_changed_settings_refuse_to_resume(folder, toy_ensemble, tmp_path, monke
         run(folder, changed, out)
     with pytest.raises(PredictError, match="limits.max_pixels"):
         run(folder, toy_ensemble, out, max_pixels=1000)
-    monkeypatch.setattr(runner, "plugin_set", lambda: ["fdcore-other==9.9"])
+    binding = json.loads((out / "predictions.meta.json").read_text())
+    assert binding["plugins"] == ["fdcore-toy==0.1.0"]  # the toy expert's provider only: not clip, siglip, npr
+    monkeypatch.setattr(runner, "plugin_set", lambda used=None: ["fdcore-toy==9.9"])
     with pytest.raises(PredictError, match="plugins"):
         run(folder, toy_ensemble, out)
     monkeypatch.undo()
@@ -327,3 +329,19 @@ def test_a_signal_stops_cleanly_saves_and_says_so(folder, toy_ensemble, baseline
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
     assert run(folder, toy_ensemble, out).exit_code == EXIT_COMPLETE  # the lock was released; resume finishes
     assert finals(out) == baseline
+
+
+def test_refused_runs_leave_no_lock_and_no_empty_folder_and_dangling_out_is_clear(folder, toy_ensemble, tmp_path):
+    out = tmp_path / "new-out"
+    with pytest.raises(Exception, match="unknown aggregator"):
+        run(folder, toy_ensemble, out, aggregator="nosuch")
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    run(folder, toy_ensemble, kept)
+    with pytest.raises(PredictError):
+        run(folder, toy_ensemble, kept, aggregator="max")  # a settings mismatch, after loading
+    assert not (kept / ".lock").exists() and (kept / "predictions.csv").is_file()
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    result = fdcore_command("predict", str(folder), "--ensemble", str(toy_ensemble), "--out", str(dangling))
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr

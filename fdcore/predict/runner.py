@@ -428,8 +428,14 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
                                  "ensemble.json, an fdcore expert (expert.json) or a FeatDistill release")
     say = echo or ((lambda message: None) if options.quiet else (lambda message: print(message, file=sys.stderr)))
     out_dir = Path(options.out)
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise state.PredictError(f"--out {out_dir} is a symbolic link to {os.readlink(out_dir)}, which does not exist; "
+                                 "create the target folder or pass another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise state.PredictError(f"--out {out_dir} exists and is not a folder; pass a folder for the outputs")
     lock = state.OutputLock(out_dir)
     launched_rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else 0
+    created = not out_dir.exists()
     if launched_rank == 0:  # lock first: a refused run costs no model loading and writes nothing
         out_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
@@ -494,3 +500,8 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
     finally:
         lock.release()
         group.close()
+        if created and launched_rank == 0:
+            try:
+                out_dir.rmdir()  # a run refused before writing anything leaves no empty output folder behind
+            except OSError:
+                pass

@@ -38,22 +38,36 @@ class OutputLock:
         self._descriptor: int | None = None
 
     def acquire(self) -> None:
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(descriptor, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        while True:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(descriptor, 64, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(descriptor)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise PredictError(f"{self.path.parent} is locked by pid {holder} (another fdcore predict is "
+                                       "writing there); wait for it to finish or choose another --out") from exc
+                raise
+            # The holder unlinks the file before unlocking (release): a lock won on an unlinked file is no lock.
+            try:
+                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(descriptor).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(descriptor)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise PredictError(f"{self.path.parent} is locked by pid {holder} (another fdcore predict is writing "
-                                   "there); wait for it to finish or choose another --out") from exc
-            raise
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         self._descriptor = descriptor
 
     def release(self) -> None:
+        """Unlock and remove the lock file (no stale ``.lock`` is left behind, even after a refused run)."""
         if self._descriptor is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
             fcntl.flock(self._descriptor, fcntl.LOCK_UN)
             os.close(self._descriptor)
             self._descriptor = None
