@@ -81,7 +81,7 @@ class VariantDataset:
         for operator in plan.sweep_operators:
             for level in plan.sweep_levels:
                 degraded = degrade(pixels, operator, level=level, seed=plan.seed, sample_id=index)
-                yield ({"variant": f"{operator}@{level}", "condition": "degraded", "degradation": operator,
+                yield ({"variant": f"{operator}@{level}", "condition": "sweep", "degradation": operator,
                         "severity": float(level),
                         "record": {"op": operator, "level": level, "seed": plan.seed, "sample_id": index}}, degraded)
 

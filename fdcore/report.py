@@ -276,6 +276,10 @@ def _sections(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
                        ("per_severity", "Per severity level, all degradations pooled")):
         if breakdown.get(key):
             sections.append((title, group_rows(breakdown[key])))
+    for operator, per_level in breakdown.get("sweep", {}).items():
+        if per_level:
+            sections.append((f"Sweep: {operator} at each level (not part of the robust AUC)",
+                             group_rows({f"level {level}": cell for level, cell in per_level.items()})))
     for key, title in (("per_generator", "Per generator: its AI-generated images vs all real images"),
                        ("per_source", "Per source")):
         for condition, groups in breakdown.get(key, {}).items():

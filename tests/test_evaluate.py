@@ -149,3 +149,19 @@ def test_set_level_fusion_sees_the_whole_evaluation_whatever_the_batch(toy_ensem
     assert by_batch[1] == by_batch[16]
     scores = sorted(by_batch[1].values())
     assert len(set(scores)) > len(scores) // 2 and scores[0] < 0.2 and scores[-1] > 0.8  # ranks over all 48 variants
+
+
+def test_a_sweep_never_changes_the_headline_robust_auc(toy_ensemble, small_folder, tmp_path):
+    common = ["--ensemble", str(toy_ensemble), "--data", str(small_folder), "--copies", "1", "--bootstrap", "0",
+              "--workers", "0", "--quiet"]
+    invoke("evaluate", *common, "--out", str(tmp_path / "plain"))
+    invoke("evaluate", *common, "--out", str(tmp_path / "swept"), "--sweep", "jpeg,motion_blur")
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    swept = json.loads((tmp_path / "swept" / "metrics.json").read_text())
+    assert swept["robust_roc_auc"] == plain["robust_roc_auc"] and swept["clean_roc_auc"] == plain["clean_roc_auc"]
+    assert set(swept["breakdown"]["sweep"]) == {"jpeg", "motion_blur"}
+    assert set(swept["breakdown"]["sweep"]["jpeg"]) == {"1", "2", "3", "4", "5"}
+    assert swept["breakdown"]["sweep"]["jpeg"]["3"]["n_real"] == 12
+    assert "Sweep: jpeg at each level" in (tmp_path / "swept" / "report.md").read_text()
+    rows = read_rows(tmp_path / "swept" / "records.csv")
+    assert {row["condition"] for row in rows} == {"clean", "degraded", "sweep"}

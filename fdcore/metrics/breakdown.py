@@ -103,9 +103,17 @@ def compute_breakdown(table: RecordTable, scorer: str | None = None, threshold: 
     for chain in _groups(table.degradation, degraded):
         per_degradation[chain] = group(degraded & (table.degradation == chain), f"degradation {chain!r}")
 
-    operator_names = sorted({name for chain in operators for name in chain})
-    operator_masks = {name: np.array([name in chain for chain in operators], dtype=bool) for name in operator_names}
+    operator_names = sorted({name for chain, is_degraded in zip(operators, degraded) if is_degraded
+                             for name in chain})
+    operator_masks = {name: degraded & np.array([name in chain for chain in operators], dtype=bool)
+                      for name in operator_names}
     per_operator = {name: group(mask, f"operator {name!r}") for name, mask in operator_masks.items()}
+    sweep = table.sweep
+    per_sweep = {
+        operator: {str(level): group(sweep & (table.degradation == operator) & (levels == level),
+                                     f"sweep {operator!r} at level {level}")
+                   for level in sorted({int(value) for value in levels[sweep & (table.degradation == operator)]})}
+        for operator in _groups(table.degradation, sweep)}
 
     level_keys = sorted({int(level) for level in levels[degraded] if level > 0})
     per_severity = {str(level): group(degraded & (levels == level), f"severity level {level}") for level in level_keys}
@@ -136,6 +144,7 @@ def compute_breakdown(table: RecordTable, scorer: str | None = None, threshold: 
     return {
         "per_degradation": per_degradation,
         "per_operator": per_operator,
+        "sweep": per_sweep,
         "per_severity": per_severity,
         "per_degradation_severity": per_degradation_severity,
         "per_generator": per_generator,

@@ -10,7 +10,9 @@ One record per scored image (a degraded copy is its own record):
                    carry the same experts
 ``generator``      optional str, the generator of an AI-generated image ("" when unknown; ignored for reals)
 ``source``         optional str, where the image comes from (dataset, camera, site; "" when unknown)
-``condition``      optional "clean" or "degraded"; derived from ``degradation`` when absent
+``condition``      optional "clean", "degraded" (a suite's degraded copy: pooled into the robust AUC) or "sweep"
+                   (one operator at one level, reported apart and never pooled); derived from
+                   ``degradation`` when absent (clean or degraded)
 ``degradation``    optional str, the operator chain in order, joined with "+" (``"jpeg+gaussian_blur"``);
                    "" for clean images
 ``severity``       optional number on the level scale 0..5: the highest level among the chain's operators
@@ -34,6 +36,7 @@ from fdcore.metrics.scores import MetricError
 EXPERT_PREFIX = "expert:"
 CLEAN = "clean"
 DEGRADED = "degraded"
+SWEEP = "sweep"
 UNKNOWN = "(unknown)"
 UNSPECIFIED_DEGRADATION = "(unspecified)"
 MAX_LEVEL = 5
@@ -69,6 +72,10 @@ class RecordTable:
     def degraded(self) -> np.ndarray:
         return self.condition == DEGRADED
 
+    @property
+    def sweep(self) -> np.ndarray:
+        return self.condition == SWEEP
+
     def scores_of(self, scorer: str | None) -> np.ndarray:
         """The fused score (``None``) or one expert's scores."""
         return self.score if scorer is None else self.experts[scorer]
@@ -80,7 +87,7 @@ class RecordTable:
     def severity_levels(self) -> np.ndarray:
         """Integer level 1..5 per degraded record: level k covers severities in (k-1, k]; 0 when clean or unknown."""
         levels = np.zeros(len(self), dtype=np.int64)
-        known = self.degraded & np.isfinite(self.severity) & (self.severity > 0)
+        known = (self.degraded | self.sweep) & np.isfinite(self.severity) & (self.severity > 0)
         levels[known] = np.clip(np.ceil(self.severity[known] - 1e-9), 1, MAX_LEVEL).astype(np.int64)
         return levels
 
@@ -195,8 +202,10 @@ def normalize_records(records: Iterable[Mapping[str, Any]] | Mapping[str, Iterab
     conditions = []
     for raw, chain, image_id in zip(column("condition", None), degradations, image_ids):
         condition = _text(raw).lower() or (DEGRADED if chain else CLEAN)
-        if condition not in (CLEAN, DEGRADED):
-            raise RecordError(f"record {image_id!r}: condition must be 'clean' or 'degraded', got {raw!r}")
+        if condition not in (CLEAN, DEGRADED, SWEEP):
+            raise RecordError(f"record {image_id!r}: condition must be 'clean', 'degraded' or 'sweep', got {raw!r}")
+        if condition == SWEEP and not chain:
+            raise RecordError(f"record {image_id!r}: a sweep record needs its operator in 'degradation'")
         if condition == CLEAN and chain:
             raise RecordError(f"record {image_id!r}: condition is 'clean' but degradation is {chain!r}")
         if chain == CLEAN:
