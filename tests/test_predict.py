@@ -341,7 +341,8 @@ def test_featdistill_layout_scores_equal_an_independent_forward_pass(clean, tmp_
 
 
 HOSTILE_NAMES = ["zz\rvictim.png", "victim.png", "new\nline.png", 'quo"te.png', "com,ma.png", "\ufeffbom.png",
-                 "=1+2.png", "+plus.png", "-minus.png", "@at.png", " space .png", "tab\tname.png"]
+                 "=1+2.png", "+plus.png", "-minus.png", "@at.png", " space .png", "tab\tname.png",
+                 "é" * 125 + ".png"]  # the last is 254 bytes: near the file-name limit
 
 
 def test_every_csv_round_trips_any_file_name_and_rows_cannot_be_forged(toy_ensemble, tmp_path):

@@ -345,3 +345,26 @@ def test_refused_runs_leave_no_lock_and_no_empty_folder_and_dangling_out_is_clea
     dangling.symlink_to(tmp_path / "nowhere")
     result = fdcore_command("predict", str(folder), "--ensemble", str(toy_ensemble), "--out", str(dangling))
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("size", ["12k", "24k"])  # full while logging results / while writing the final files
+def test_a_full_disk_is_a_clear_error_and_the_rerun_finishes(folder, toy_ensemble, baseline, tmp_path, size):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        out = mount / "out"
+        result = fdcore_command("predict", str(folder), "--ensemble", str(toy_ensemble), "--out", str(out),
+                                "--batch-size", "2", "--workers", "0", "--quiet")
+        assert result.returncode == 2, result.stderr
+        assert "no space left" in result.stderr and "rerun the same command" in result.stderr
+        assert "Traceback" not in result.stderr
+        saved = len(logged_rows(out))
+        subprocess.run(["mount", "-o", "remount,size=4m", str(mount)], check=True)
+        summary = run(folder, toy_ensemble, out)
+        assert summary.exit_code == EXIT_COMPLETE and summary.reused >= saved - 1
+        assert finals(out) == baseline
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

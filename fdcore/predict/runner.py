@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import os
 import signal
 import sys
@@ -285,8 +286,17 @@ def score_items(ensemble: Ensemble, items: Sequence[Candidate], log_path: Path, 
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: every logged batch is kept; say how far the run got
         exc.processed = processed
         raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise state.PredictError(f"no space left on the device of {log_path.parent} ({exc.strerror}) after "
+                                     f"{processed} images of this run were saved; free some space and rerun the same "
+                                     "command to continue (a half-written last line is dropped then)") from None
+        raise
     finally:
-        writer.close()
+        try:
+            writer.close()
+        except OSError:
+            pass  # the close's fsync fails on a full disk too; what reached the log is kept
         # Stop the DataLoader workers now, not whenever the iterator is collected: none may outlive a stopped run.
         shutdown = getattr(batches, "_shutdown_workers", None)
         if shutdown is not None:
@@ -483,9 +493,17 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
         group.barrier()
         if not group.is_main:
             return None
-        summary = finalise(options, ensemble, plan, aggregator.name, weights,
-                           processed_this_run=len(plan.todo) if group.distributed else processed,
-                           started=started, world_size=group.world_size)
+        try:
+            summary = finalise(options, ensemble, plan, aggregator.name, weights,
+                               processed_this_run=len(plan.todo) if group.distributed else processed,
+                               started=started, world_size=group.world_size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise state.PredictError(f"no space left on the device of {out_dir} ({exc.strerror}) while writing the "
+                                     "final files; every result is saved in the work log and each previous final "
+                                     "file is intact (they are replaced atomically); free some space and rerun the "
+                                     "same command") from None
         say(summary.line())
         return summary
     except KeyboardInterrupt as exc:
