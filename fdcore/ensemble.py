@@ -430,7 +430,7 @@ def create_ensemble(out, experts: Sequence[str | os.PathLike | tuple[str, str | 
     and ``fdcore predict``, ``evaluate``, ``calibrate`` and :func:`load_ensemble` accept it.
     """
     from fdcore import registry
-    from fdcore.expert_io import (CONFIG_FILE, MANIFEST_FILE, copy_verified_expert, expert_identity, load_expert,
+    from fdcore.expert_io import (CONFIG_FILE, MANIFEST_FILE, copy_verified_expert, load_expert_with_identity,
                                   read_expert_config)
     from fdcore.fileio import new_directory_atomic
 
@@ -473,8 +473,9 @@ def create_ensemble(out, experts: Sequence[str | os.PathLike | tuple[str, str | 
     with new_directory_atomic(out) as staging:
         for (name, directory), member in zip(named, members):
             copied = copy_verified_expert(directory, staging / name)
-            load_expert(copied)  # the copy builds: its plugin is installed and weights fit its architecture
-            sources[name] = {"source": str(directory.resolve()), "identity": expert_identity(copied)}
+            # the copy loads: its plugin is installed, its config is sound and its weights fit its architecture
+            _, identity = load_expert_with_identity(copied)
+            sources[name] = {"source": str(directory.resolve()), "identity": identity}
         write_ensemble(staging, members, aggregator=aggregator,
                        card={**(card or {}), "members": sources})
     return out
