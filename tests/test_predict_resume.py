@@ -368,3 +368,48 @@ def test_a_full_disk_is_a_clear_error_and_the_rerun_finishes(folder, toy_ensembl
         assert finals(out) == baseline
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def real_architectures(tmp_path_factory):
+    """The real CLIP, SigLIP and NPR classes (their kernels, not a toy's); SigLIP at So400M's width with two blocks,
+    a size whose scores differed by 6e-8 between batch sizes before scoring ran in fixed chunks."""
+    import torch
+
+    import fdcore
+    from fdcore.ensemble import write_ensemble
+
+    root = tmp_path_factory.mktemp("real") / "ensemble"
+    wide = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 2, "num_attention_heads": 16,
+            "patch_size": 14, "image_size": 224}
+    members = []
+    for name, options in (("clip", fdcore.get_expert_class("clip").tiny_config()), ("siglip", {"backbone_config": wide}),
+                          ("npr", {"crop_size": 96, "crops": 4})):
+        torch.manual_seed(0)
+        fdcore.save_expert(fdcore.get_expert(name, **options), root / name)
+        members.append({"name": name, "path": name, "weight": 1.0})
+    write_ensemble(root, members)
+    images = tmp_path_factory.mktemp("real-images") / "images"
+    images.mkdir()
+    for index in range(10):
+        (images / f"img_{index:02d}.jpg").write_bytes(corpus.jpeg_bytes(corpus.photo(700 + index, 100 + index, 120)))
+    return root, images
+
+
+def test_real_architectures_give_the_same_bytes_whatever_the_batch_size_and_resume(real_architectures, tmp_path):
+    ensemble, images = real_architectures
+    outputs = {}
+    for batch_size in (1, 3, 16):
+        out = tmp_path / f"b{batch_size}"
+        assert run(images, ensemble, out, batch_size=batch_size, per_expert=True).exit_code == EXIT_COMPLETE
+        outputs[batch_size] = finals(out)
+        rows = worklog.read_logs(out / state.WORK_DIR).rows
+        outputs[f"probabilities {batch_size}"] = sorted((row["name"], row["p"]) for row in rows)
+    assert outputs[1] == outputs[3] == outputs[16]
+    assert outputs["probabilities 1"] == outputs["probabilities 3"] == outputs["probabilities 16"]  # to the last bit
+    # killed mid-run at batch size 2, resumed at batch size 7: the remaining images fall into other batches
+    out = tmp_path / "resumed"
+    process = _start(images, ensemble, out, "--per-expert", throttle="0.3")
+    _kill_when_logged(process, out / state.WORK_DIR, 4)
+    assert run(images, ensemble, out, batch_size=7, per_expert=True).exit_code == EXIT_COMPLETE
+    assert finals(out) == outputs[16]

@@ -169,6 +169,7 @@ def build_binding(options: PredictOptions, ensemble: Ensemble, aggregator, weigh
         "pixel_policy_version": PIXEL_POLICY_VERSION,
         "limits": {"max_pixels": int(options.max_pixels), "max_aspect_ratio": float(options.max_aspect_ratio)},
         "precision": ensemble.precision,
+        "scoring_chunk": ensemble.scoring_chunk,
         "device_type": ensemble.device.split(":")[0],
         "versions": package_versions(("fdcore", "torch", "pillow", "numpy")),
         # only the plugins that provide this run's experts and fusion rule: an unrelated install changes nothing
