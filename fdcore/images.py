@@ -33,6 +33,7 @@ Pixel policy (:func:`to_model_rgb`), applied identically by ``fdcore predict`` a
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
 import stat
@@ -139,19 +140,66 @@ def check_geometry(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS
                                                     f"limit of {max_aspect_ratio:g}")
 
 
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_beneath(root: str | os.PathLike, path: str | os.PathLike) -> int:
+    """A read-only descriptor for ``path``, reached from ``root`` one component at a time, none of them followed.
+
+    Every folder between the root and the file is opened with ``O_NOFOLLOW | O_DIRECTORY`` relative to its parent's
+    descriptor, so a folder swapped for a symbolic link after listing is refused instead of leading outside the root.
+    Raises :class:`ImageRejected` (``not_regular_file`` for a swapped component, ``read_failed`` otherwise).
+    """
+    root, path = os.fspath(root), os.fspath(path)
+    relative = os.path.relpath(path, root)
+    parts = relative.split(os.sep)
+    if relative in (".", "") or parts[0] == ".." or os.path.isabs(relative):
+        raise ImageRejected("read_failed", f"{path} is not inside {root}")
+    try:
+        directory = os.open(root, _DIRECTORY_FLAGS)
+    except OSError as exc:
+        raise ImageRejected("read_failed", f"cannot open the input folder {root}: {exc.strerror or exc}") from exc
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, _DIRECTORY_FLAGS, dir_fd=directory)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ImageRejected("not_regular_file", f"the folder {part!r} on the path became a symbolic link "
+                                                            "or a file after listing; nothing outside the input "
+                                                            "folder is read") from exc
+                raise ImageRejected("read_failed", f"cannot open the folder {part!r}: {exc.strerror or exc}") from exc
+            os.close(directory)
+            directory = inner
+        try:
+            return os.open(parts[-1], _OPEN_FLAGS, dir_fd=directory)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ImageRejected("not_regular_file", "the path became a symbolic link after listing") from exc
+            raise ImageRejected("read_failed", f"cannot open: {exc.strerror or exc}") from exc
+    finally:
+        os.close(directory)
+
+
 def open_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> LoadedImage:
+                    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO, root: str | os.PathLike | None = None
+                    ) -> LoadedImage:
     """Open one untrusted file and return its model RGB image, or raise :class:`ImageRejected`.
 
-    ``path`` should already be resolved (no symlink in its last component): it is opened with ``O_NOFOLLOW``.
+    ``path`` should already be resolved (no symlink in its last component): it is opened with ``O_NOFOLLOW``. With
+    ``root`` (the listed folder, resolved), every component below it is opened without following links
+    (:func:`open_beneath`), so nothing outside the root is read even if folders are swapped after listing.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        descriptor = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == getattr(__import__("errno"), "ELOOP", None):
-            raise ImageRejected("not_regular_file", "the path became a symbolic link after listing") from exc
-        raise ImageRejected("read_failed", f"cannot open: {exc.strerror or exc}") from exc
+    if root is not None:
+        descriptor = open_beneath(root, path)
+    else:
+        try:
+            descriptor = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ImageRejected("not_regular_file", "the path became a symbolic link after listing") from exc
+            raise ImageRejected("read_failed", f"cannot open: {exc.strerror or exc}") from exc
     # fstat before wrapping: os.fdopen refuses a directory with an error that names the descriptor, not the path
     info = os.fstat(descriptor)
     if not stat.S_ISREG(info.st_mode):

@@ -14,7 +14,8 @@ Rules (each refusal has a stable reason code, documented in docs/predict.md):
   make a run partial.
 
 Nothing is read here except directory entries and ``stat`` results; opening and decoding is
-:func:`fdcore.images.open_image_file`'s job.
+:func:`fdcore.images.open_image_file`'s job (given ``Candidate.root``, it re-walks the path from the root's descriptor
+without following any link, so a folder swapped for a link between listing and reading leads nowhere).
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ IGNORED_CODES = frozenset({"ignored_extension", "appledouble_companion"})
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """An image file to score: ``name`` is its POSIX path relative to the root, ``path`` the resolved file."""
+    """An image file to score: ``name`` is its POSIX path relative to the root, ``path`` the resolved file, ``root``
+    the resolved folder it was listed under (opening walks from there without following links)."""
 
     name: str
     path: str
     size: int
     mtime_ns: int
+    root: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +119,7 @@ def walk_images(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
                     pending.append((entry.path, name + "/"))
                 elif entry.is_file(follow_symlinks=False):
                     info = entry.stat(follow_symlinks=False)
-                    _regular(name, entry.path, info, extensions, candidates, skipped)
+                    _regular(name, entry.path, info, extensions, candidates, skipped, root_real)
                 else:
                     info = entry.stat(follow_symlinks=False)
                     skipped.append(Skipped(name, "not_regular_file",
@@ -128,14 +131,14 @@ def walk_images(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     return WalkResult(candidates, skipped)
 
 
-def _regular(name, path, info, extensions, candidates, skipped) -> None:
+def _regular(name, path, info, extensions, candidates, skipped, root) -> None:
     base = name.rsplit("/", 1)[-1]
     if base.startswith("._"):
         skipped.append(Skipped(name, "appledouble_companion", "macOS resource-fork companion, not an image"))
     elif os.path.splitext(base)[1].lower() not in extensions:
         skipped.append(Skipped(name, "ignored_extension", "not an image file extension"))
     else:
-        candidates.append(Candidate(name, path, info.st_size, info.st_mtime_ns))
+        candidates.append(Candidate(name, path, info.st_size, info.st_mtime_ns, root))
 
 
 def _symlink(entry, name, root_real, extensions, candidates, skipped) -> None:
@@ -160,4 +163,4 @@ def _symlink(entry, name, root_real, extensions, candidates, skipped) -> None:
     elif not inside:
         skipped.append(Skipped(name, "symlink_outside_root", "the link points outside the input folder"))
     else:
-        _regular(name, target, info, extensions, candidates, skipped)
+        _regular(name, target, info, extensions, candidates, skipped, root_real)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 import predict_corpus as corpus
-from fdcore.images import (DEFAULT_MAX_ASPECT_RATIO, ImageRejected, check_geometry, load_image, open_image_file,
-                           prepare_pil)
+from fdcore.images import (DEFAULT_MAX_ASPECT_RATIO, ImageRejected, check_geometry, load_image, open_beneath,
+                           open_image_file, prepare_pil)
 from fdcore.preprocess import Preprocessing, resized_short_side
 from fdcore.walk import walk_images
 
@@ -264,3 +264,25 @@ def test_unsupported_float_mode_is_refused():
     with pytest.raises(ImageRejected) as caught:
         prepare_pil(Image.fromarray(np.zeros((4, 4), dtype=np.float32)))
     assert caught.value.code == "unsupported_mode"
+
+
+def test_a_folder_swapped_for_a_link_after_listing_leads_nowhere(tmp_path):
+    """Issue 15 item 5: every component below the root is opened with O_NOFOLLOW from the root's descriptor."""
+    root, outside = tmp_path / "images", tmp_path / "outside"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (outside / "deeper").mkdir(parents=True)
+    inside_bytes = corpus.jpeg_bytes(corpus.photo(1, 20, 20))
+    (root / "sub" / "deeper" / "a.jpg").write_bytes(inside_bytes)
+    (outside / "deeper" / "a.jpg").write_bytes(corpus.jpeg_bytes(corpus.photo(2, 30, 30)))
+    (root / "top.jpg").write_bytes(inside_bytes)
+    listed = walk_images(root).candidates
+    assert [c.name for c in listed] == ["sub/deeper/a.jpg", "top.jpg"]
+    assert open_image_file(listed[0].path, root=listed[0].root).width == 20
+    (root / "sub").rename(tmp_path / "moved")
+    (root / "sub").symlink_to(outside)  # the attacker's swap, after listing
+    with pytest.raises(ImageRejected) as refused:
+        open_image_file(listed[0].path, root=listed[0].root)
+    assert refused.value.code == "not_regular_file" and "sub" in refused.value.detail
+    assert open_image_file(listed[1].path, root=listed[1].root).width == 20
+    with pytest.raises(ImageRejected):  # a path that is not below the root is never opened
+        open_beneath(root, outside / "deeper" / "a.jpg")

@@ -413,3 +413,53 @@ def test_real_architectures_give_the_same_bytes_whatever_the_batch_size_and_resu
     _kill_when_logged(process, out / state.WORK_DIR, 4)
     assert run(images, ensemble, out, batch_size=7, per_expert=True).exit_code == EXIT_COMPLETE
     assert finals(out) == outputs[16]
+
+
+def test_a_file_rewritten_between_listing_and_reading_is_scored_as_read(folder, toy_ensemble, tmp_path, monkeypatch):
+    """Issue 15 item 12: the score of the bytes actually read is reported (it was reported not_scored, exit 3)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(folder.iterdir())[:4]:
+        (images / path.name).write_bytes(path.read_bytes())
+    target = images / "img_01.jpg"
+    listed_walk = runner.walk_images
+
+    def walk_then_rewrite(*args, **kwargs):
+        walked = listed_walk(*args, **kwargs)
+        info = target.stat()
+        target.write_bytes(corpus.jpeg_bytes(corpus.photo(999, 36, 44)))
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+        return walked
+
+    monkeypatch.setattr(runner, "walk_images", walk_then_rewrite)
+    summary = run(images, toy_ensemble, tmp_path / "out")
+    assert summary.exit_code == EXIT_COMPLETE and summary.scored == 4, summary
+    monkeypatch.undo()
+    fresh = tmp_path / "fresh"
+    assert run(images, toy_ensemble, fresh).exit_code == EXIT_COMPLETE
+    assert finals(tmp_path / "out")["predictions.csv"] == finals(fresh)["predictions.csv"]
+    rerun = run(images, toy_ensemble, tmp_path / "out")
+    assert rerun.processed_this_run == 0 and rerun.reused == 4
+
+
+def test_a_file_rewritten_after_listing_and_again_after_reading_is_file_changed(folder, toy_ensemble, tmp_path,
+                                                                                monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(folder.iterdir())[:4]:
+        (images / path.name).write_bytes(path.read_bytes())
+    target = images / "img_02.jpg"
+
+    def rewrite(seed):
+        info = target.stat()
+        target.write_bytes(corpus.jpeg_bytes(corpus.photo(seed, 36, 44)))
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+
+    listed_walk, original_finalise = runner.walk_images, runner.finalise
+    monkeypatch.setattr(runner, "walk_images", lambda *a, **k: (listed_walk(*a, **k), rewrite(997))[0])
+    monkeypatch.setattr(runner, "finalise", lambda *a, **k: (rewrite(998), original_finalise(*a, **k))[1])
+    summary = run(images, toy_ensemble, tmp_path / "out")
+    assert summary.reasons == {"file_changed": 1} and summary.scored == 3 and summary.exit_code == 3
+    monkeypatch.undo()
+    rerun = run(images, toy_ensemble, tmp_path / "out")
+    assert rerun.exit_code == EXIT_COMPLETE and rerun.processed_this_run == 1

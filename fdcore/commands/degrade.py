@@ -88,7 +88,7 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
         for candidate in walked.candidates:
             target = str(Path(candidate.name).with_suffix(".png").as_posix())
             try:
-                pixels = np.asarray(open_image_file(candidate.path).image.convert("RGB"))
+                pixels = np.asarray(open_image_file(candidate.path, root=candidate.root).image.convert("RGB"))
             except ImageRejected as exc:
                 failed(candidate.name, f"error: {exc.code}: {exc.detail}")
                 continue

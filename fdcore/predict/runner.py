@@ -199,7 +199,7 @@ class ImageDataset:
         item = self.items[index]
         base = {"name": item.name, "size": item.size, "mtime_ns": item.mtime_ns}
         try:
-            loaded = open_image_file(item.path, self.max_pixels, self.max_aspect_ratio)
+            loaded = open_image_file(item.path, self.max_pixels, self.max_aspect_ratio, root=item.root)
             arrays = resize_for_geometries(loaded.image, self.geometries)
         except ImageRejected as exc:
             return {**base, "status": "error", "code": exc.code, "detail": exc.detail}
@@ -328,6 +328,25 @@ def current_results(rows: Sequence[dict], candidates: Sequence[Candidate], n_exp
     return results
 
 
+def _changed_after_listing(rows: Sequence[dict], candidates: Sequence[Candidate],
+                           results: dict[str, dict]) -> dict[str, Candidate]:
+    """Candidates whose file was rewritten between listing and reading, with the size and mtime they have now.
+
+    A row records the stat of the bytes that were actually read; when that differs from the listing but equals the
+    file as it is now, the row is the file's current result and is used (a rerun would reuse it anyway)."""
+    logged = {row["name"] for row in rows}
+    refreshed = {}
+    for candidate in candidates:
+        if candidate.name in results or candidate.name not in logged:
+            continue
+        try:
+            info = os.stat(candidate.path, follow_symlinks=False)
+        except OSError:
+            continue
+        refreshed[candidate.name] = dataclasses.replace(candidate, size=info.st_size, mtime_ns=info.st_mtime_ns)
+    return refreshed
+
+
 @dataclasses.dataclass
 class Plan:
     work_dir: Path
@@ -356,12 +375,19 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, aggregator
     out_dir = Path(options.out)
     logs = worklog.read_logs(plan.work_dir)
     results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members))
+    changed = _changed_after_listing(logs.rows, plan.walk.candidates, results)
+    plan.walk.candidates = [changed.get(candidate.name, candidate) for candidate in plan.walk.candidates]
+    results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members))
+    logged = {row["name"] for row in logs.rows}
     scored_rows = [results[c.name] for c in plan.walk.candidates if c.name in results
                    and results[c.name]["status"] == "ok"]
     error_rows = [(skip.name, skip.code, skip.detail) for skip in plan.walk.skipped]
     for candidate in plan.walk.candidates:
         row = results.get(candidate.name)
-        if row is None:
+        if row is None and candidate.name in logged:
+            error_rows.append((candidate.name, "file_changed", "the file changed after it was last read; rerun the "
+                                                               "same command to score what it holds now"))
+        elif row is None:
             error_rows.append((candidate.name, "not_scored", "no outcome was recorded (a process stopped early?); "
                                                              "rerun the same command to finish"))
         elif row["status"] == "error":
