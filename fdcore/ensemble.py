@@ -245,12 +245,6 @@ class Ensemble:
         return fused.numpy().astype(np.float64)
 
     # -- scoring ----------------------------------------------------------------------------------------------
-    def resize_all(self, rgb_image) -> list[np.ndarray]:
-        """One model-RGB PIL image -> one ``S x S x 3`` uint8 array per geometry (the expensive part, done once)."""
-        from fdcore.preprocess import resize_for_geometries
-
-        return resize_for_geometries(rgb_image, self.geometries)
-
     def probabilities_from_resized(self, resized: Sequence[Any]):
         """Per-geometry uint8 batches ``[B, S, S, 3]`` (``[B, K, S, S, 3]`` for a grid of K windows) -> P(AI-generated)
         ``[n_experts, B]`` float64 numpy.
@@ -304,17 +298,16 @@ class Ensemble:
         return result
 
     def expert_probabilities(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
-        """PIL images (any mode; the file pixel policy is applied) -> ``[n_experts, B]`` float64."""
-        from fdcore.images import prepare_pil
+        """PIL images (any mode; the file pixel policy is applied) -> ``[n_experts, B]`` float64.
 
-        results = []
-        for start in range(0, len(images), batch_size):
-            chunk = [self.resize_all(prepare_pil(image)[0]) for image in images[start:start + batch_size]]
-            stacked = [np.stack([item[g] for item in chunk]) for g in range(len(self.geometries))]
-            results.append(self.probabilities_from_resized(stacked))
-        if not results:
-            return np.zeros((len(self.members), 0))
-        return np.concatenate(results, axis=1)
+        NaN columns for images that cannot be prepared (a truncated image that fails to load)."""
+        from fdcore import scoring
+
+        decoded = [scoring.decode(image, self.geometries) for image in images]
+        accepted = [index for index, item in enumerate(decoded) if isinstance(item, scoring.Decoded)]
+        out = np.full((len(self.members), len(decoded)), np.nan)
+        out[:, accepted] = scoring.expert_probabilities(self, [decoded[i] for i in accepted], batch_size)
+        return out
 
     def predict_pil(self, images: Sequence[Any], aggregator: str | None = None,
                     weights: Sequence[float] | None = None, batch_size: int = 16) -> np.ndarray:
@@ -322,11 +315,13 @@ class Ensemble:
 
         A set-level aggregator (``rank-mean``) ranks within this call's images.
         """
+        from fdcore import scoring
+
         if hasattr(images, "getpixel") or isinstance(images, (str, bytes, os.PathLike)):
             raise TypeError(f"predict_pil takes a list of PIL images, got one {type(images).__name__}; pass [image] "
                             "(and predict_paths for files)")
-        probabilities = self.expert_probabilities(list(images), batch_size=batch_size)
-        return self.fuse_finite(probabilities, aggregator, weights)
+        fusion = scoring.Fusion.resolve(self, aggregator, weights)
+        return fusion.scores(self, self.expert_probabilities(list(images), batch_size=batch_size))
 
     def fuse_finite(self, probabilities, aggregator: str | None = None, weights: Sequence[float] | None = None,
                     calibrate: bool = True) -> np.ndarray:
@@ -347,34 +342,27 @@ class Ensemble:
         Each dict has ``path``, ``score`` (None when not scored), ``probabilities`` ({expert name: P}),
         ``error`` (a reason code or None), ``detail`` and ``notes`` (pixel-policy notes such as ``exif_unreadable``).
         """
-        from fdcore.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageRejected, open_image_file
+        from fdcore import scoring
 
         if isinstance(paths, (str, bytes, os.PathLike)):
             raise TypeError(f"predict_paths takes a list of paths, got the single path {paths!r}; pass [path]")
-        results = []
-        prepared = []
+        fusion = scoring.Fusion.resolve(self, aggregator, weights)
+        results, accepted = [], []
         for path in paths:
+            decoded = scoring.decode(os.path.realpath(path), self.geometries, max_pixels, max_aspect_ratio)
             result = {"path": str(path), "score": None, "probabilities": {}, "error": None, "detail": "",
                       "notes": []}
             results.append(result)
-            try:
-                loaded = open_image_file(os.path.realpath(path), max_pixels or DEFAULT_MAX_PIXELS,
-                                         max_aspect_ratio or DEFAULT_MAX_ASPECT_RATIO)
-            except ImageRejected as exc:
-                result["error"], result["detail"] = exc.code, exc.detail
-                continue
-            result["notes"] = loaded.notes
-            prepared.append((result, self.resize_all(loaded.image)))
-        columns = []
-        for start in range(0, len(prepared), batch_size):
-            chunk = prepared[start:start + batch_size]
-            stacked = [np.stack([item[1][g] for item in chunk]) for g in range(len(self.geometries))]
-            columns.append(self.probabilities_from_resized(stacked))
-        if not prepared:
+            if isinstance(decoded, scoring.Rejected):
+                result["error"], result["detail"] = decoded.code, decoded.detail
+            else:
+                result["notes"] = decoded.info["notes"]
+                accepted.append((result, decoded))
+        if not accepted:
             return results
-        probabilities = np.concatenate(columns, axis=1)
-        scores = self.fuse_finite(probabilities, aggregator, weights)
-        for index, (result, _) in enumerate(prepared):
+        probabilities = scoring.expert_probabilities(self, [decoded for _, decoded in accepted], batch_size)
+        scores = fusion.scores(self, probabilities)
+        for index, (result, _) in enumerate(accepted):
             result["probabilities"] = dict(zip(self.names, probabilities[:, index].tolist()))
             if np.isfinite(scores[index]):
                 result["score"] = float(scores[index])

@@ -117,6 +117,9 @@ def score_dataset(ensemble, rows, plan: VariantPlan, aggregator: str | None = No
     :mod:`fdcore.metrics.records` (one record per scored variant; ``expert:<name>`` columns per expert)."""
     import torch
 
+    from fdcore.scoring import Fusion, stack
+
+    fusion = Fusion.resolve(ensemble, aggregator, weights, use_calibration)
     dataset = VariantDataset(rows, ensemble.geometries, plan)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=_identity_collate)
     skipped, pending, scored, columns = [], [], [], []
@@ -124,8 +127,7 @@ def score_dataset(ensemble, rows, plan: VariantPlan, aggregator: str | None = No
     def flush():
         if not pending:
             return
-        stacked = [np.stack([variant["resized"][g] for _, variant in pending]) for g in range(len(ensemble.geometries))]
-        columns.append(ensemble.probabilities_from_resized(stacked))
+        columns.append(ensemble.probabilities_from_resized(stack([variant["resized"] for _, variant in pending])))
         scored.extend((item, {key: value for key, value in variant.items() if key != "resized"})
                       for item, variant in pending)
         pending.clear()
@@ -143,7 +145,7 @@ def score_dataset(ensemble, rows, plan: VariantPlan, aggregator: str | None = No
     # Fused once over every scored variant, as predict fuses over every image: a set-level rule (rank-mean) ranks
     # against the whole evaluation, never against whichever variants shared a batch.
     probabilities = np.concatenate(columns, axis=1) if columns else np.zeros((len(ensemble.names), 0))
-    fused = ensemble.fuse_finite(probabilities, aggregator, weights, calibrate=False)
+    fused = fusion.raw_scores(ensemble, probabilities)
     records = []
     for column, (item, variant) in enumerate(scored):
         if not np.isfinite(fused[column]):
@@ -158,11 +160,10 @@ def score_dataset(ensemble, rows, plan: VariantPlan, aggregator: str | None = No
         for name, value in zip(ensemble.names, probabilities[:, column]):
             record[f"expert:{name}"] = float(value)
         records.append(record)
-    if use_calibration and records:
-        calibrated, applied = ensemble.calibrated(np.array([record["raw_score"] for record in records]), aggregator)
-        if applied:
-            for record, value in zip(records, calibrated):
-                record["score"] = float(value)
+    if fusion.calibrated and records:
+        calibrated, _ = ensemble.calibrated(np.array([record["raw_score"] for record in records]), fusion.name)
+        for record, value in zip(records, calibrated):
+            record["score"] = float(value)
     return records, skipped
 
 
@@ -212,14 +213,16 @@ def run_evaluation(ensemble_path, data, out_dir, plan: VariantPlan, aggregator: 
     from fdcore.metrics import compute_metrics
     from fdcore.report import write_report
 
+    from fdcore.scoring import Fusion
+
     ensemble = load_ensemble(ensemble_path, device=device, precision=precision)
-    ensemble.check_fusion(aggregator, weights)
+    fusion = Fusion.resolve(ensemble, aggregator, weights, use_calibration)
     spec, rows = load_rows(data, seed=plan.seed, max_images=max_images)
     _set_total(progress, len(rows))
     records, skipped = score_dataset(ensemble, rows, plan, aggregator=aggregator, weights=weights,
                                      batch_size=batch_size, workers=workers, use_calibration=use_calibration,
                                      progress=progress)
-    calibrated = use_calibration and ensemble.calibration_applies(aggregator)
+    calibrated = fusion.calibrated
     if not records:
         raise EvaluationError(f"no image of {data} could be scored ({len(skipped)} skipped); see the reasons with "
                               "fdcore data check")

@@ -27,11 +27,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fdcore.ensemble import Ensemble, load_ensemble, resolve_device, resolve_precision
-from fdcore.images import (DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PIXEL_POLICY_VERSION,
-                           ImageRejected, open_image_file)
+from fdcore import scoring
+from fdcore.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PIXEL_POLICY_VERSION
 from fdcore.predict import outputs, state, worklog
 from fdcore.predict.distributed import ProcessGroup, process_group, shard
-from fdcore.preprocess import resize_for_geometries
 from fdcore.provenance import package_versions, plugin_set
 from fdcore.walk import Candidate, WalkResult, walk_images
 
@@ -152,7 +151,7 @@ def _check_options(options: PredictOptions) -> None:
         raise state.PredictError(f"the maximum aspect ratio must be at least 1, got {options.max_aspect_ratio}")
 
 
-def build_binding(options: PredictOptions, ensemble: Ensemble, aggregator, weights) -> dict:
+def build_binding(options: PredictOptions, ensemble: Ensemble, fusion: scoring.Fusion) -> dict:
     """Everything that determines the scores; resuming requires an exact match."""
     from fdcore.preprocess import PREPROCESS_VERSION
 
@@ -162,9 +161,9 @@ def build_binding(options: PredictOptions, ensemble: Ensemble, aggregator, weigh
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "ensemble": described,
-        "aggregator": aggregator.name,
-        "aggregator_set_level": bool(aggregator.set_level),
-        "weights": weights,
+        "aggregator": fusion.name,
+        "aggregator_set_level": fusion.set_level,
+        "weights": None if fusion.weights is None else list(fusion.weights),
         "preprocess_version": PREPROCESS_VERSION,
         "pixel_policy_version": PIXEL_POLICY_VERSION,
         "limits": {"max_pixels": int(options.max_pixels), "max_aspect_ratio": float(options.max_aspect_ratio)},
@@ -174,7 +173,7 @@ def build_binding(options: PredictOptions, ensemble: Ensemble, aggregator, weigh
         "versions": package_versions(("fdcore", "torch", "pillow", "numpy")),
         # only the plugins that provide this run's experts and fusion rule: an unrelated install changes nothing
         "plugins": plugin_set({"experts": sorted({m.expert.name for m in ensemble.members}),
-                               "aggregators": [aggregator.name]}),
+                               "aggregators": [fusion.name]}),
         "input_root": os.path.realpath(options.images),
         "score_format": outputs.SCORE_FORMAT,
     }
@@ -198,20 +197,11 @@ class ImageDataset:
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
         base = {"name": item.name, "size": item.size, "mtime_ns": item.mtime_ns}
-        try:
-            loaded = open_image_file(item.path, self.max_pixels, self.max_aspect_ratio, root=item.root)
-            arrays = resize_for_geometries(loaded.image, self.geometries)
-        except ImageRejected as exc:
-            return {**base, "status": "error", "code": exc.code, "detail": exc.detail}
-        except MemoryError:
-            return {**base, "status": "error", "code": "out_of_memory", "detail": "ran out of memory decoding"}
-        except Exception as exc:  # a decoder bug on one hostile file must not stop the run
-            return {**base, "status": "error", "code": "decode_failed",
-                    "detail": f"unexpected {type(exc).__name__}: {exc}"}
-        info = {"format": loaded.format, "mode": loaded.mode, "width": loaded.width, "height": loaded.height,
-                "n_frames": loaded.n_frames, "notes": loaded.notes}
-        return {**base, "size": loaded.size_bytes, "mtime_ns": loaded.mtime_ns, "status": "ok", "info": info,
-                "arrays": arrays}
+        decoded = scoring.decode(item.path, self.geometries, self.max_pixels, self.max_aspect_ratio, root=item.root)
+        if isinstance(decoded, scoring.Rejected):
+            return {**base, "status": "error", "code": decoded.code, "detail": decoded.detail}
+        return {**base, "size": decoded.size_bytes, "mtime_ns": decoded.mtime_ns, "status": "ok",
+                "info": decoded.info, "arrays": decoded.arrays}
 
 
 def collate(samples: list[dict]) -> dict:
@@ -219,10 +209,7 @@ def collate(samples: list[dict]) -> dict:
     import torch
 
     decoded = [sample for sample in samples if sample["status"] == "ok"]
-    arrays = []
-    if decoded:
-        arrays = [torch.from_numpy(np.stack([sample["arrays"][g] for sample in decoded]))
-                  for g in range(len(decoded[0]["arrays"]))]
+    arrays = [torch.from_numpy(batch) for batch in scoring.stack([sample["arrays"] for sample in decoded])]
     return {"decoded": [{k: v for k, v in s.items() if k != "arrays"} for s in decoded], "arrays": arrays,
             "failed": [sample for sample in samples if sample["status"] != "ok"]}
 
@@ -358,9 +345,9 @@ class Plan:
     corrupt_lines: int = 0
 
 
-def plan_run(options: PredictOptions, ensemble: Ensemble, aggregator, weights) -> Plan:
+def plan_run(options: PredictOptions, ensemble: Ensemble, fusion: scoring.Fusion) -> Plan:
     out_dir = Path(options.out)
-    binding = build_binding(options, ensemble, aggregator, weights)
+    binding = build_binding(options, ensemble, fusion)
     work_dir = state.prepare_work_dir(out_dir, binding, options.overwrite)
     walk = walk_images(options.images, exclude=[out_dir])
     logs = worklog.read_logs(work_dir)
@@ -369,7 +356,7 @@ def plan_run(options: PredictOptions, ensemble: Ensemble, aggregator, weights) -
     return Plan(work_dir, binding, walk, todo, len(done), logs.torn_tails, logs.corrupt_lines)
 
 
-def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, aggregator_name: str, weights,
+def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, fusion: scoring.Fusion,
              processed_this_run: int, started: float, world_size: int) -> PredictSummary:
     """Merge the work logs into the final files (atomic, sorted) and summarise."""
     out_dir = Path(options.out)
@@ -394,8 +381,8 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, aggregator
             error_rows.append((candidate.name, row["code"], row.get("detail", "")))
     probabilities = np.array([row["p"] for row in scored_rows], dtype=np.float64).T.reshape(
         len(ensemble.members), len(scored_rows))
-    scores = ensemble.fuse(probabilities, aggregator_name, weights) if scored_rows else np.zeros(0)
-    scores, calibrated = ensemble.calibrated(scores, aggregator_name)
+    scores = fusion.scores(ensemble, probabilities)
+    calibrated = fusion.calibrated
     if plan.work_dir.name == state.STAGING_DIR:
         plan.work_dir = state.promote(out_dir, plan.work_dir)
     outputs.write_predictions(out_dir / "predictions.csv",
@@ -427,8 +414,8 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, aggregator
     meta = {
         **plan.binding,
         "ensemble_source": ensemble.source,
-        "score_definition": f"{aggregator_name} of the experts' P(AI-generated)"
-                            + (f" with weights {weights}" if weights else "")
+        "score_definition": f"{fusion.name} of the experts' P(AI-generated)"
+                            + (f" with weights {list(fusion.weights)}" if fusion.weights else "")
                             + (", calibrated (calibration.json)" if calibrated else ""),
         "calibrated": calibrated,
         "threshold": ensemble.threshold if calibrated else None,
@@ -490,10 +477,8 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
                     say(f"loading ensemble {options.ensemble} ({device}, {precision})")
                     ensemble = load_ensemble(options.ensemble, device=device, precision=precision,
                                              skip_hash_check=options.skip_hash_check)
-                aggregator = ensemble.aggregator_for(options.aggregator)
-                weights = ensemble.fusion_weights(aggregator, options.weights)
-                ensemble.check_fusion(aggregator.name, weights)
-                plan = plan_run(options, ensemble, aggregator, weights)
+                fusion = scoring.Fusion.resolve(ensemble, options.aggregator, options.weights)
+                plan = plan_run(options, ensemble, fusion)
             except BaseException as exc:
                 group.broadcast({"error": f"{type(exc).__name__}: {exc}"})
                 raise
@@ -521,7 +506,7 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
         if not group.is_main:
             return None
         try:
-            summary = finalise(options, ensemble, plan, aggregator.name, weights,
+            summary = finalise(options, ensemble, plan, fusion,
                                processed_this_run=len(plan.todo) if group.distributed else processed,
                                started=started, world_size=group.world_size)
         except OSError as exc:
