@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("fdcore.commands.data:command", "Inspect labelled data: bias check of formats, JPEG quality, sizes, EXIF."),
     "expert": ("fdcore.commands.expert:command", "Inspect expert/ensemble directories; import FeatDistill release files."),
     "ensemble": ("fdcore.commands.ensemble:command", "Assemble trained experts into an ensemble; inspect one."),
+    "serve": ("fdcore.commands.serve:command", "Serve an ensemble over HTTP (dynamic batching, auth, metrics, KServe v2)."),
     "degrade": ("fdcore.commands.degrade:command", "Degrade a folder with a policy or one operator; contact sheet of all operators."),
 }
 

@@ -26,6 +26,9 @@ import numpy as np
 
 from fdcore.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageRejected
 
+# Columns per fusion call for per-image rules: every call has this shape, whatever the number of images.
+FUSION_CHUNK = 64
+
 
 @dataclasses.dataclass
 class Decoded:
@@ -140,8 +143,24 @@ class Fusion:
 
     def raw_scores(self, ensemble, probabilities) -> np.ndarray:
         """Fused, uncalibrated scores ``[B]``; NaN where an expert's probability is not finite (left out of the
-        fusion, so one bad image never poisons a set-level rule)."""
-        return ensemble.fuse_finite(probabilities, self.name, self.weights, calibrate=False)
+        fusion, so one bad image never poisons a set-level rule).
+
+        A per-image rule fuses fixed chunks of :data:`FUSION_CHUNK` columns (the last padded), so an image's score is
+        the same bits whether it is fused with a million others (predict) or alone (one upload to the service)."""
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if self.set_level:
+            return ensemble.fuse_finite(probabilities, self.name, self.weights, calibrate=False)
+        count = probabilities.shape[1]
+        out = np.empty(count, dtype=np.float64)
+        for start in range(0, count, FUSION_CHUNK):
+            piece = probabilities[:, start:start + FUSION_CHUNK]
+            taken = piece.shape[1]
+            finite = np.isfinite(piece).all(axis=0)
+            filled = np.full((piece.shape[0], FUSION_CHUNK), 0.5)
+            filled[:, :taken] = np.where(finite, piece, 0.5)
+            fused = ensemble.fuse(filled, self.name, self.weights)[:taken]
+            out[start:start + taken] = np.where(finite, fused, np.nan)
+        return out
 
     def scores(self, ensemble, probabilities) -> np.ndarray:
         """Fused scores ``[B]``, calibrated when the ensemble's calibration was fitted for this rule."""
