@@ -93,9 +93,23 @@ class Served:
         return code
 
 
-def load(server: Served, images: list[Path], clients: int, requests: int, max_seconds: float) -> dict:
-    """``clients`` threads post single images (round robin) until ``requests`` are done or time runs out."""
+def load(server: Served, images: list[Path], clients: int, requests: int, max_seconds: float,
+         per_request: int = 1) -> dict:
+    """``clients`` threads post ``per_request`` images per request (round robin) until ``requests`` requests are done
+    or time runs out (one image: a raw body; several: multipart)."""
     payloads = [(path.name, path.read_bytes()) for path in images]
+    boundary = "benchboundary"
+
+    def body_for(index):
+        if per_request == 1:
+            name, body = payloads[index % len(payloads)]
+            return [name], body, {"Content-Type": "image/jpeg", "X-Image-Name": name}
+        chosen = [payloads[(index * per_request + k) % len(payloads)] for k in range(per_request)]
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                 "Content-Type: image/jpeg\r\n\r\n".encode() + body + b"\r\n" for name, body in chosen]
+        return ([name for name, _ in chosen], b"".join(parts) + f"--{boundary}--\r\n".encode(),
+                {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
     latencies, statuses, scores = [], {}, {}
     lock = threading.Lock()
     counter = iter(range(requests))
@@ -108,10 +122,10 @@ def load(server: Served, images: list[Path], clients: int, requests: int, max_se
                 index = next(counter, None)
             if index is None:
                 break
-            name, body = payloads[index % len(payloads)]
+            names, body, headers = body_for(index)
             started = time.perf_counter()
             try:
-                connection.request("POST", "/v1/score", body, {"Content-Type": "image/jpeg", "X-Image-Name": name})
+                connection.request("POST", "/v1/score", body, headers)
                 response = connection.getresponse()
                 payload = response.read()
                 status = response.status
@@ -124,8 +138,8 @@ def load(server: Served, images: list[Path], clients: int, requests: int, max_se
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     latencies.append(elapsed)
-                    result = json.loads(payload)["results"][0]
-                    scores[name] = result["score"]
+                    for result in json.loads(payload)["results"]:
+                        scores[result["name"]] = result["score"]
             if status == 429:
                 time.sleep(0.01)
         connection.close()
@@ -146,7 +160,8 @@ def load(server: Served, images: list[Path], clients: int, requests: int, max_se
         return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else None
 
     return {"clients": clients, "requests": sum(statuses.values()), "statuses": {str(k): v for k, v in statuses.items()},
-            "wall_s": round(wall, 2), "images_per_s": round(statuses.get(200, 0) / wall, 2),
+            "wall_s": round(wall, 2), "images_per_request": per_request,
+            "images_per_s": round(statuses.get(200, 0) * per_request / wall, 2),
             "p50_ms": quantile(0.5), "p95_ms": quantile(0.95), "p99_ms": quantile(0.99),
             "load_generator_cpu_cores": round(client_cpu / wall, 2), "scores": scores}
 
@@ -159,6 +174,8 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=40.0, help="time limit per load phase")
     parser.add_argument("--soak", type=int, default=10_000)
+    parser.add_argument("--images-per-request", default="1,4",
+                        help="request sizes measured at each concurrency (the latency phase)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -199,17 +216,19 @@ def main() -> int:
     server = Served(args.ensemble, log=work / "serve.log")
     mismatches = 0
     try:
-        for clients in [int(value) for value in args.clients.split(",")]:
-            load(server, images[:16], clients, 2 * clients, 30)  # warm the connections and the batch shapes
+        for clients, per_request in [(int(c), int(k)) for k in args.images_per_request.split(",")
+                                     for c in args.clients.split(",")]:
+            load(server, images[:16], clients, 2 * clients, 30, per_request)  # warm connections and batch shapes
             before = server.batch_seconds()
-            result = load(server, images, clients, max(3 * len(images), 24 * clients), args.seconds)
+            result = load(server, images, clients, max(3 * len(images) // per_request, 24 * clients), args.seconds,
+                          per_request)
             after = server.batch_seconds()
             batch_ms = 1000 * (after[0] - before[0]) / max(1.0, after[1] - before[1])
             mismatches += sum(1 for name, score in result.pop("scores").items()
                               if format_score(score) != expected[name])
             row = {"phase": "latency", **result, "batch_ms": round(batch_ms, 2),
                    "ratio_vs_predict": round(result["images_per_s"] / predict_rate, 3)}
-            if clients == 1:
+            if clients == 1 and per_request == 1:
                 row["added_over_batch_ms"] = round(result["p50_ms"] - batch_ms, 2)
             rows.append(row)
             print(json.dumps(row), flush=True)

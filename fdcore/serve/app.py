@@ -216,7 +216,8 @@ class Service:
                              "another per-image rule)")
         self.batcher = MicroBatcher(self._score_batch, self.options.max_batch_size,
                                     self.options.max_wait_ms / 1000.0, on_batch=self._batch_done,
-                                    expecting=lambda: self.images_decoding)
+                                    expecting=lambda: self.images_decoding,
+                                    multiple_of=self.ensemble.scoring_chunk)
         self._warm_up()
         self.ready = True
         self.metrics.ready.set(1)

@@ -1,7 +1,8 @@
 """Dynamic micro-batching: images from concurrent requests are scored together, in one thread.
 
 A batch is formed when ``max_batch_size`` images wait or when the oldest waiting image has waited ``max_wait_s``,
-whichever comes first; and at once when no other image is on its way (``expecting()`` is 0: nothing admitted is still
+whichever comes first (rounded down to whole scoring chunks when more than one chunk waits); and at once when no
+other image is on its way (``expecting()`` is 0: nothing admitted is still
 being decoded), so a lone request never waits for company that cannot come. The experts run only in this thread (one model, one device stream, no lock contention); the
 event loop and the decoding threads only enqueue and wait on futures. Admission (how many images may be in the
 service at once) is the caller's job: this queue is never larger than what was admitted.
@@ -20,12 +21,14 @@ class MicroBatcher:
     """Scores submitted items in batches with ``score_batch(items) -> per-item results`` on its own thread."""
 
     def __init__(self, score_batch: Callable[[list], Sequence], max_batch_size: int, max_wait_s: float,
-                 on_batch: Callable[[int, float], None] | None = None, expecting: Callable[[], int] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None, expecting: Callable[[], int] | None = None,
+                 multiple_of: int = 1):
         self._score_batch = score_batch
         self._max_batch_size = int(max_batch_size)
         self._max_wait_s = float(max_wait_s)
         self._on_batch = on_batch
         self._expecting = expecting or (lambda: 1)
+        self._multiple_of = max(1, int(multiple_of))
         self._waiting: collections.deque = collections.deque()
         self._condition = threading.Condition()
         self._stopping = False
@@ -71,6 +74,10 @@ class MicroBatcher:
                     break
                 self._condition.wait(remaining)
             count = min(self._max_batch_size, len(self._waiting))
+            if count > self._multiple_of:
+                # the experts run on fixed chunks (the last one padded): under load, whole chunks waste nothing and
+                # the remainder starts the next batch at once
+                count -= count % self._multiple_of
             return [self._waiting.popleft() for _ in range(count)]
 
     def _run(self) -> None:
