@@ -114,7 +114,7 @@ def child_plain(images: Path, release: Path, configs: dict, out_csv: Path) -> fl
 def child_fdcore(images: Path, release: Path, configs: dict, out_dir: Path, precision: str, batch_size: int,
                  workers: int) -> float:
     """``fdcore predict`` (the CLI is a thin wrapper over run_predict; this adds the tiny-architecture config)."""
-    from fdcore.ensemble import load_ensemble
+    from fdcore.ensemble_io import load_ensemble
     from fdcore.predict import PredictOptions, run_predict
 
     started = time.perf_counter()

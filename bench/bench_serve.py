@@ -179,7 +179,7 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
 
-    from fdcore.ensemble import load_ensemble
+    from fdcore.ensemble_io import load_ensemble
     from fdcore.predict import PredictOptions, run_predict
     from fdcore.predict.outputs import format_score
     from fdcore.walk import walk_images

@@ -78,7 +78,7 @@ def echo_table(rows: list[dict], columns: list[str]) -> None:
 @click.option("--all", "include_builtins", is_flag=True, help="Include fdcore's built-in plugins.")
 def plugins_command(as_json, include_builtins):
     """List installed plugins, their versions, hooks and load errors."""
-    from fdcore.plugins import plugins_info
+    from fdcore.registry import plugins_info
 
     info = plugins_info(include_builtins=include_builtins)
     if as_json:

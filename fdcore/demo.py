@@ -151,7 +151,7 @@ def trained_in_demo(image_size: int) -> list[tuple[str, type, dict]]:
 
 def run_demo(out: Path, size_name: str = "full", seed: int = 0, echo=print) -> dict:
     """Build data, train two experts, assemble, predict and evaluate; returns the headline numbers and paths."""
-    from fdcore.ensemble import write_ensemble
+    from fdcore.ensemble_io import write_ensemble
     from fdcore.evaluation import VariantPlan, run_evaluation
     from fdcore.hf_expert import HFVisionExpert
     from fdcore.recipes.two_stage import DEFAULTS, training_function

@@ -174,7 +174,7 @@ def load_rows(data: Sequence[str] | str, seed: int = 0, max_images: int | None =
     spec = resolve_data_spec(data, seed=seed)
     rows = spec.load_all()
     if max_images and len(rows) > max_images:
-        from fdcore.data.spec import split_indices
+        from fdcore.data.split import split_indices
 
         labels = rows["label"]
         _, chosen = split_indices([(label,) for label in labels], max_images / len(rows), seed)
@@ -209,7 +209,7 @@ def run_evaluation(ensemble_path, data, out_dir, plan: VariantPlan, aggregator: 
                    progress=None) -> dict:
     """`fdcore evaluate`: score, compute metrics, write metrics.json, records.csv, report.md/html and plots."""
     from fdcore import __version__
-    from fdcore.ensemble import load_ensemble
+    from fdcore.ensemble_io import load_ensemble
     from fdcore.metrics import compute_metrics
     from fdcore.report import write_report
 
@@ -255,7 +255,7 @@ def run_calibration(ensemble_path, data, plan: VariantPlan, method: str = "tempe
     """`fdcore calibrate`: fit on validation data, store calibration.json with the ensemble, point ensemble.json
     at it (and at the threshold). Returns the Calibration."""
     from fdcore.calibration import fit_calibration
-    from fdcore.ensemble import ENSEMBLE_FILE, load_ensemble, read_ensemble_json, write_ensemble
+    from fdcore.ensemble_io import ENSEMBLE_FILE, load_ensemble, read_ensemble_json, write_ensemble
 
     directory = Path(ensemble_path)
     if not (directory / ENSEMBLE_FILE).is_file():

@@ -23,11 +23,11 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from fdcore.errors import FdcoreError
+from fdcore.fileio import replace_dir_atomic
 
 FORMAT_NAME = "fdcore-expert"
 FORMAT_VERSION = 1
@@ -379,22 +379,13 @@ def save_expert(expert, directory, card: dict | None = None, overwrite: bool = F
         "card": card or {},
     }
     config_bytes = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; an expert directory is an ordinary shared folder
-    try:
+    with replace_dir_atomic(directory) as staging:
         (staging / WEIGHTS_FILE).write_bytes(weights)
         (staging / CONFIG_FILE).write_bytes(config_bytes)
         _write_json(staging / MANIFEST_FILE, {"schema_version": 1, "files": {
             WEIGHTS_FILE: {"size_bytes": len(weights), "sha256": sha256_bytes(weights)},
             CONFIG_FILE: {"size_bytes": len(config_bytes), "sha256": sha256_bytes(config_bytes)},
         }})
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 

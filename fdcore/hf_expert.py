@@ -121,6 +121,7 @@ class HFVisionExpert(Expert):
     std: ClassVar[tuple[float, float, float]] = (0.5, 0.5, 0.5)
     # File tag of FeatDistill's release files this class imports (Expert_<n>_<tag>.pth); None: not importable.
     featdistill_tag: ClassVar[str | None] = None
+    supports_gradient_checkpointing = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

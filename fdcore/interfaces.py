@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,21 @@ class Expert(torch.nn.Module, metaclass=abc.ABCMeta):
     ``self.config`` (JSON-ready constructor arguments that rebuild the same architecture without downloading
     anything) in ``__init__``, and implement :meth:`forward`. Heavy imports such as transformers belong in
     ``__init__``, never at module level.
+
+    What :func:`fdcore.testing.check_expert` holds every expert to (built from :meth:`tiny_config`):
+
+    * :meth:`preprocess` gives float32 ``[B * crops, 3, S, S]``; :meth:`forward` gives floating logits ``[B, 2]``;
+      :meth:`probabilities` gives float32 ``[B]`` in [0, 1], identical on a repeated call in eval mode and
+      independent of the batch it is computed in.
+    * :meth:`describe` holds ``input_size`` and ``parameters`` (positive ints).
+    * With :attr:`default_feature_layers` declared, :meth:`features` returns exactly those layers as ``[B, N, C]``
+      token maps (``N = rows * columns`` when :attr:`feature_grid` is set) and :meth:`forward_with_features`
+      agrees with :meth:`forward` and :meth:`features` (without, the expert cannot be distilled).
+    * :meth:`get_config` is JSON-ready and :meth:`from_config` rebuilds the same parameter shapes; a
+      ``save_expert`` / ``load_expert`` round trip is bit-identical; bf16 weights and CPU autocast stay within
+      0.03 of fp32, int8 dynamic quantisation (at least one ``nn.Linear``) within 0.02.
+    * With :attr:`supports_gradient_checkpointing`, checkpointing changes no gradient; without it,
+      :meth:`enable_gradient_checkpointing` is not overridden.
     """
 
     name: ClassVar[str] = ""
@@ -30,9 +45,23 @@ class Expert(torch.nn.Module, metaclass=abc.ABCMeta):
     # Recipe options (keys of fdcore.recipes.two_stage.DEFAULTS) this expert trains best with, e.g. a from-scratch
     # CNN's learning rate; the training recipe uses them wherever the user set nothing else.
     training_defaults: ClassVar[dict[str, Any]] = {}
+    # True when enable_gradient_checkpointing() works (`fdcore train --gradient-checkpointing` refuses the expert
+    # otherwise). A subclass that overrides enable_gradient_checkpointing without setting it gets True.
+    supports_gradient_checkpointing: ClassVar[bool] = False
+    # (rows, columns) of the patch tokens in features(): token ``r * columns + c`` is patch (r, c); None when the
+    # tokens are not a grid the caller may rely on. A subclass may override it with a property.
+    feature_grid: tuple[int, int] | None = None
+    # Whether checkpointing is on now; experts that support it override this (a property is fine).
+    gradient_checkpointing_enabled: bool = False
 
     preprocessing: Preprocessing
     config: dict
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        # Experts written before the flag existed declared support by implementing the method; they keep training.
+        if "enable_gradient_checkpointing" in cls.__dict__ and "supports_gradient_checkpointing" not in cls.__dict__:
+            cls.supports_gradient_checkpointing = True
 
     @abc.abstractmethod
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -92,8 +121,22 @@ class Expert(torch.nn.Module, metaclass=abc.ABCMeta):
                 raise ValueError(f"config has unknown field(s) {unknown}; {cls.__name__} accepts "
                                  f"{sorted(set(parameters) - {'self'})}")
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations during the backward pass instead of storing them (training memory); must not change
+        any gradient. Implement it together with ``supports_gradient_checkpointing = True``."""
+        raise NotImplementedError(f"expert {self.name!r} does not support gradient checkpointing")
+
+    def disable_gradient_checkpointing(self) -> None:
+        raise NotImplementedError(f"expert {self.name!r} does not support gradient checkpointing")
+
     @classmethod
     def describe(cls) -> dict:
+        """JSON-ready metadata for ``fdcore list experts``, computed without downloading or allocating weights.
+
+        Every expert returns at least ``input_size`` (int: the side of the preprocessed input) and ``parameters``
+        (int: the parameter count of the default construction); extra keys become extra columns. The base
+        returns ``{}``, so a subclass must override it.
+        """
         return {}
 
     @classmethod
@@ -162,12 +205,33 @@ class Distiller(metaclass=abc.ABCMeta):
 
     The teacher is put in eval mode with gradients off at construction, and :meth:`teacher_outputs` keeps it
     that way (no grad, eval mode even if someone called ``train()`` on it since).
+
+    The training recipe uses a distiller in this order: it reads :attr:`views` (how many degraded views of each
+    image the batches carry) and :attr:`needs_alignment`; adds :meth:`trainable_modules` to the optimizer; when
+    :attr:`gathers`, passes the cross-process gather function to :meth:`set_gather`; then, every training step,
+    calls :meth:`student_step` (never :meth:`loss` directly) and, after every optimizer step,
+    :meth:`after_optimizer_step`. Checkpoints store :meth:`state_dict` and resume with :meth:`load_state_dict`.
+    :func:`fdcore.testing.check_distiller` checks each of these.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     # True when the loss compares features position by position, so pixel-moving degradations must be off.
     needs_alignment: ClassVar[bool] = False
+    # Independently degraded views of each image per batch: 1 gives batch["pixels"]; 2 adds batch["pixels_view2"].
+    views: ClassVar[int] = 1
+    # The former name of `views`, kept equal to it: a subclass may set either, and old code may read either.
+    needs_views: ClassVar[int] = 1
+    # True when the distiller pools tensors from every process (CRD enqueues every process's teacher keys as
+    # negatives): a distributed trainer then calls set_gather, and the distiller calls self.gather(tensor).
+    gathers: ClassVar[bool] = False
+    _gather_function: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "needs_views" in cls.__dict__ and "views" not in cls.__dict__:
+            cls.views = cls.needs_views
+        cls.needs_views = cls.views
 
     def __init__(self, teacher: Expert | None = None, **options: Any):
         self.teacher = teacher
@@ -178,7 +242,12 @@ class Distiller(metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def loss(self, student_out: Any, teacher_out: Any, batch: Any) -> torch.Tensor:
-        """The distillation term (a scalar tensor) for one batch."""
+        """The distillation term (a scalar tensor) for one batch, from what :meth:`student_step` passes.
+
+        The recipe never calls this itself. The base :meth:`student_step` passes the student's and the teacher's
+        token maps ``{layer: [B, N, C]}`` of the same pixels; a distiller that overrides :meth:`student_step`
+        decides what arrives here (CRD passes the student's and the momentum teacher's embeddings ``[B, D]``).
+        """
 
     @torch.no_grad()
     def teacher_outputs(self, pixels: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -189,15 +258,26 @@ class Distiller(metaclass=abc.ABCMeta):
 
     def student_step(self, student, batch: dict, layers: Sequence[str] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training step's student logits and distillation term; override when the loss needs other inputs
-        (several views, projections).
+        """One training step's student logits ``[B, 2]`` and distillation term (a scalar tensor): the one method the
+        recipe calls per batch. Override when the loss needs other inputs (several views, projections).
 
         ``student(pixels, layers)`` returns ``(logits, {layer: tokens})`` in one forward pass (the training wrapper
-        :class:`fdcore.training.StudentWithFeatures`, possibly inside DDP); ``batch["pixels"]`` is its input.
+        :class:`fdcore.training.StudentWithFeatures`, possibly inside DDP); ``batch["pixels"]`` is its input,
+        ``batch["label"]`` the labels, and with :attr:`views` = 2 ``batch["pixels_view2"]`` the second view.
+        ``layers`` is the recipe's ``feature_layers`` option (None: the expert's defaults).
         """
         logits, student_features = student(batch["pixels"], layers)
         teacher_features = self.teacher_outputs(batch["pixels"], layers)
         return logits, self.loss(student_features, teacher_features, batch)
+
+    def set_gather(self, gather: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Receive the distributed trainer's gather (``accelerate.Accelerator.gather``: a tensor from every process,
+        concatenated along dim 0), or None to gather nothing. The recipe calls this only when :attr:`gathers`."""
+        self._gather_function = gather
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` from every process, concatenated along dim 0; this process's own when nothing was set."""
+        return tensor if self._gather_function is None else self._gather_function(tensor)
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         """Modules the distiller trains alongside the student (projection heads); the optimizer includes them."""

@@ -102,11 +102,11 @@ def report_failure(failure: PluginFailure, exc: BaseException | None = None) -> 
     )
 
 
-def _format_exception(exc: BaseException) -> str:
+def format_exception(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-def _unknown_hooks(module: Any) -> list[str]:
+def unknown_hooks(module: Any) -> list[str]:
     """Hook implementations whose names match no hookspec (a misspelled ``register_expert``, say)."""
     known = {name for name in dir(hookspecs) if name.startswith("register_")}
     unknown = []
@@ -120,7 +120,7 @@ def _unknown_hooks(module: Any) -> list[str]:
 def _register_module(
     manager: pluggy.PluginManager, module: Any, name: str, distribution: str | None, version: str | None
 ) -> bool:
-    unknown = _unknown_hooks(module)
+    unknown = unknown_hooks(module)
     if unknown:
         valid = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("register_")))
         report_failure(
@@ -131,7 +131,7 @@ def _register_module(
     try:
         manager.register(module, name=name)
     except Exception as exc:  # pluggy validation errors, duplicate plugin names
-        report_failure(PluginFailure(name, distribution, version, "validation", _format_exception(exc)), exc)
+        report_failure(PluginFailure(name, distribution, version, "validation", format_exception(exc)), exc)
         return False
     return True
 
@@ -221,7 +221,7 @@ def load_plugins() -> pluggy.PluginManager:
         except BaseException as exc:  # a plugin may raise anything, SystemExit included
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            report_failure(PluginFailure(ep.name, dist_name, version, "import", _format_exception(exc)), exc)
+            report_failure(PluginFailure(ep.name, dist_name, version, "import", format_exception(exc)), exc)
             continue
         if _register_module(manager, module, ep.name, dist_name, version):
             _records[ep.name] = PluginRecord(ep.name, getattr(module, "__name__", str(module)), dist_name,
@@ -242,68 +242,27 @@ def provider_of(plugin_name: str) -> str:
 
 
 def failures() -> list[PluginFailure]:
+    """Every plugin that failed to import, validate or register, in the order it happened."""
     load_plugins()
     return list(_failures)
 
 
-def plugins_info(include_builtins: bool = False) -> list[dict[str, Any]]:
-    """Installed plugins (distribution, version, hooks) and the ones that failed, as JSON-ready dicts."""
-    from fdcore import registry
-
-    registry.load_all()  # registration-time failures are part of the picture
-    manager = load_plugins()
-    info = []
-    for name, record in sorted(_records.items(), key=lambda item: (item[1].builtin, item[0])):
-        if record.builtin and not include_builtins:
-            continue
-        plugin = manager.get_plugin(name)
-        if plugin is None:
-            continue
-        hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
-        info.append({
-            "name": record.distribution or name,
-            "plugin": name,
-            "version": record.version,
-            "module": record.module,
-            "entry_point": record.entry_point,
-            "builtin": record.builtin,
-            "hooks": hooks,
-            "registered": registry.registered_by(name),
-            "errors": [f.message() for f in _failures if f.plugin == name],
-        })
-    listed = {(entry["plugin"], entry["name"]) for entry in info}
-    for failure in _failures:
-        key = (failure.plugin, failure.distribution or failure.plugin)
-        if key in listed:
-            continue
-        listed.add(key)
-        info.append({
-            "name": failure.distribution or failure.plugin,
-            "plugin": failure.plugin,
-            "version": failure.version,
-            "module": None,
-            "entry_point": None,
-            "builtin": failure.distribution == "fdcore",
-            "hooks": [],
-            "registered": {},
-            "errors": [f.message() for f in _failures if f.plugin == failure.plugin
-                       and (f.distribution or f.plugin) == key[1]],
-        })
-    for entry in _declared_only:
-        info.append({"name": entry["distribution"], "plugin": entry["plugin"], "version": entry["version"],
-                     "module": None, "entry_point": entry["entry_point"], "builtin": False, "hooks": [],
-                     "registered": {}, "errors": [], "status": entry["status"]})
-    return info
+def records() -> dict[str, Any]:
+    """The loaded plugins' records by plugin name (distribution, version, module, entry point, built-in or not)."""
+    load_plugins()
+    return dict(_records)
 
 
-def reset() -> None:
-    """Forget every loaded plugin and registry (tests, or after changing FDCORE_* variables)."""
+def declared_only() -> list[dict[str, Any]]:
+    """Distributions that declared an fdcore entry point that was not loaded (refused clash, not selected)."""
+    return list(_declared_only)
+
+
+def forget() -> None:
+    """Forget every loaded plugin (the registries are cleared by :func:`fdcore.registry.reset`, which calls this)."""
     global _manager, _loaded
     _manager = None
     _loaded = False
     _records.clear()
     _failures.clear()
     _declared_only.clear()
-    from fdcore import registry
-
-    registry.clear()

@@ -24,7 +24,7 @@ def plugin_set(used: dict[str, list[str]] | None = None) -> list[str]:
     With ``used`` (``{kind: [registered names]}``), only the distributions that provide those names: what a result
     depends on, so installing an unrelated plugin does not change it."""
     from fdcore import registry
-    from fdcore.plugins import plugins_info
+    from fdcore.registry import plugins_info
 
     installed = plugins_info(include_builtins=False)
     if used is None:

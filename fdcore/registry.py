@@ -137,7 +137,7 @@ def _build(kind: Kind) -> dict[str, Entry]:
                 record.distribution if record else None,
                 record.version if record else None,
                 kind.hook,
-                plugins._format_exception(exc),
+                plugins.format_exception(exc),
             ), exc)
             continue  # all or nothing: a plugin that failed half-way registers none of its names
         table = staged
@@ -249,3 +249,58 @@ def get_distiller(name: str, teacher=None, **options: Any):
 
 def get_aggregator(name: str):
     return get("aggregators", name)()
+
+
+def plugins_info(include_builtins: bool = False) -> list[dict[str, Any]]:
+    """Installed plugins (distribution, version, hooks) and the ones that failed, as JSON-ready dicts."""
+    load_all()  # registration-time failures are part of the picture
+    manager = plugins.load_plugins()
+    failures = plugins.failures()
+    info = []
+    for name, record in sorted(plugins.records().items(), key=lambda item: (item[1].builtin, item[0])):
+        if record.builtin and not include_builtins:
+            continue
+        plugin = manager.get_plugin(name)
+        if plugin is None:
+            continue
+        hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
+        info.append({
+            "name": record.distribution or name,
+            "plugin": name,
+            "version": record.version,
+            "module": record.module,
+            "entry_point": record.entry_point,
+            "builtin": record.builtin,
+            "hooks": hooks,
+            "registered": registered_by(name),
+            "errors": [f.message() for f in failures if f.plugin == name],
+        })
+    listed = {(entry["plugin"], entry["name"]) for entry in info}
+    for failure in failures:
+        key = (failure.plugin, failure.distribution or failure.plugin)
+        if key in listed:
+            continue
+        listed.add(key)
+        info.append({
+            "name": failure.distribution or failure.plugin,
+            "plugin": failure.plugin,
+            "version": failure.version,
+            "module": None,
+            "entry_point": None,
+            "builtin": failure.distribution == "fdcore",
+            "hooks": [],
+            "registered": {},
+            "errors": [f.message() for f in failures if f.plugin == failure.plugin
+                       and (f.distribution or f.plugin) == key[1]],
+        })
+    for entry in plugins.declared_only():
+        info.append({"name": entry["distribution"], "plugin": entry["plugin"], "version": entry["version"],
+                     "module": None, "entry_point": entry["entry_point"], "builtin": False, "hooks": [],
+                     "registered": {}, "errors": [], "status": entry["status"]})
+    return info
+
+
+def reset() -> None:
+    """Forget every loaded plugin and registry (tests, or after changing FDCORE_* variables)."""
+    plugins.forget()
+    clear()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from fdcore.errors import FdcoreError
 from fdcore.expert_io import sha256_file
-from fdcore.fileio import write_json_atomic
+from fdcore.fileio import swap_in_directory, write_json_atomic
 
 
 class TrainingError(FdcoreError):
@@ -65,78 +64,6 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.length
-
-
-class StreamingTrainingSet(torch.utils.data.IterableDataset):
-    """One epoch of training samples from a row stream (a ``datasets.IterableDataset``), for one process.
-
-    A stream has no length and no random access, so the epoch is defined by ``steps_per_epoch`` optimizer steps: the
-    stream is read from its start (after ``set_epoch``, which re-seeds its shuffle buffers from the run seed and the
-    epoch) in groups of ``batch_size * accumulation`` rows, one group per optimizer step; an incomplete last group is
-    dropped, and a stream that runs out earlier ends the epoch early.
-
-    Every process and every DataLoader worker reads the whole row stream (rows are paths or encoded bytes: cheap next
-    to decoding, degrading and the forward pass) and builds only its own samples: process ``r`` of ``P`` takes rows
-    ``[r*B/P, (r+1)*B/P)`` of each global batch of ``B`` rows (accelerate's ``split_batches`` layout, so ``P``
-    processes compute what one process computes), and worker ``w`` of ``W`` builds the batches ``w, w+W, ...``, which
-    the DataLoader's round-robin returns in order. The result therefore depends neither on the number of processes
-    nor on the number of workers. ``start_epoch(epoch, skip_batches)`` skips the batches a resumed run already
-    trained on without decoding them.
-
-    ``items`` is the :class:`fdcore.data.DetectionDataset` that builds a sample from a row (decode, seeded
-    degradation, preprocessing); a sample's randomness is keyed by a hash of its path
-    (:func:`fdcore.data.torch_dataset.stable_sample_key`), as in :class:`fdcore.data.DetectionIterableDataset`.
-    """
-
-    def __init__(self, stream, items, *, batch_size: int, steps_per_epoch: int, accumulation: int = 1,
-                 process_index: int = 0, num_processes: int = 1):
-        if batch_size % num_processes:
-            raise TrainingError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
-                                f"{num_processes} processes")
-        if steps_per_epoch < 1:
-            raise TrainingError(f"--steps-per-epoch must be a positive integer, got {steps_per_epoch}")
-        self.stream, self.items = stream, items
-        self.batch_size, self.accumulation = batch_size, accumulation
-        self.steps_per_epoch = steps_per_epoch
-        self.process_index, self.num_processes = process_index, num_processes
-        self.epoch, self.skip_batches = 0, 0
-
-    @property
-    def process_batch_size(self) -> int:
-        return self.batch_size // self.num_processes
-
-    def start_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.epoch, self.skip_batches = int(epoch), int(skip_batches)
-        self.items.use_epoch(self.epoch)
-        if hasattr(self.stream, "set_epoch"):
-            self.stream.set_epoch(self.epoch)
-
-    def batch_rows(self):
-        """``(batch_number, rows of this process)`` for every global batch of the epoch, skipped ones included."""
-        group_size = self.batch_size * self.accumulation
-        share = self.process_batch_size
-        # .iter() rather than iter(): a datasets stream iterated inside a DataLoader worker would otherwise hand
-        # each worker a subset of its shards, and which rows form a batch would depend on the worker count.
-        groups = self.stream.iter(batch_size=group_size, drop_last_batch=True)
-        for step, columns in enumerate(groups):
-            if step >= self.steps_per_epoch:
-                return
-            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-            for micro in range(self.accumulation):
-                start = micro * self.batch_size + self.process_index * share
-                yield step * self.accumulation + micro, rows[start:start + share]
-
-    def __iter__(self):
-        from fdcore.data.torch_dataset import stable_sample_key
-
-        worker = torch.utils.data.get_worker_info()
-        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        for batch_number, rows in self.batch_rows():
-            position = batch_number - self.skip_batches
-            if position < 0 or position % workers != worker_id:
-                continue
-            for row in rows:
-                yield self.items.build(row, stable_sample_key(row["path"]))
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_fraction: float = 0.0) -> float:
@@ -249,9 +176,7 @@ class CheckpointDirectory:
                                                              "sha256": sha256_file(path)}
                      for path in sorted(staging.rglob("*")) if path.is_file()}
             write_json_atomic(staging / self.MANIFEST, {"format": "fdcore-checkpoint", "files": files})
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
+            swap_in_directory(staging, final)
             write_json_atomic(self.root / "latest.json", {"checkpoint": name, **progress})
             self._prune(keep_name=name)
         accelerator.wait_for_everyone()

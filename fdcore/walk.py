@@ -61,6 +61,7 @@ class Skipped:
 class WalkResult:
     candidates: list[Candidate]
     skipped: list[Skipped]
+    directories: list[str] = dataclasses.field(default_factory=list)  # every folder entered, relative, sorted
 
 
 def display_name(name: str) -> str:
@@ -86,6 +87,7 @@ def walk_images(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
     extensions = frozenset(extensions)
     candidates: list[Candidate] = []
     skipped: list[Skipped] = []
+    directories: list[str] = []
     visited: set[tuple[int, int]] = set()
     root_info = os.stat(root_real)
     visited.add((root_info.st_dev, root_info.st_ino))
@@ -116,6 +118,7 @@ def walk_images(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
                     if key in visited or os.path.realpath(entry.path) in excluded:
                         continue
                     visited.add(key)
+                    directories.append(name)
                     pending.append((entry.path, name + "/"))
                 elif entry.is_file(follow_symlinks=False):
                     info = entry.stat(follow_symlinks=False)
@@ -128,7 +131,7 @@ def walk_images(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
                 skipped.append(Skipped(name, "read_failed", exc.strerror or str(exc)))
     candidates.sort(key=lambda item: item.name)
     skipped.sort(key=lambda item: (item.name, item.code))
-    return WalkResult(candidates, skipped)
+    return WalkResult(candidates, skipped, sorted(directories))
 
 
 def _regular(name, path, info, extensions, candidates, skipped, root) -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fdcore import plugins
+from fdcore import registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -15,9 +15,9 @@ def fresh_plugin_state(monkeypatch):
     """Each test starts from unloaded plugins, so FDCORE_* variables set by the test take effect."""
     monkeypatch.delenv("FDCORE_STRICT_PLUGINS", raising=False)
     monkeypatch.delenv("FDCORE_LOAD_PLUGINS", raising=False)
-    plugins.reset()
+    registry.reset()
     yield
-    plugins.reset()
+    registry.reset()
 
 
 def fdcore_command(*args, env=None, timeout=120, check=False):

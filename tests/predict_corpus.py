@@ -244,7 +244,7 @@ def build_hostile(root: Path) -> Path:
 def make_toy_ensemble(directory: Path, seeds=(1, 2), weights=None, aggregator: str = "mean") -> Path:
     """An fdcore ensemble of toy experts (one per seed)."""
     import fdcore
-    from fdcore.ensemble import write_ensemble
+    from fdcore.ensemble_io import write_ensemble
 
     directory = Path(directory)
     members = []

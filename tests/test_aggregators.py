@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fdcore
+from fdcore.testing import AGGREGATOR_CHECKS, check_aggregator
 
 PROBS = torch.tensor([[0.1, 0.8, 0.5, 0.0],
                       [0.3, 0.6, 0.5, 1.0],
@@ -68,15 +69,6 @@ def test_rank_mean_uses_average_ranks_for_ties():
     assert fdcore.get_aggregator("rank-mean")(torch.tensor([[0.3]])).item() == 0.5
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, 1.5])
-def test_invalid_probabilities_are_errors(bad):
-    probs = PROBS.clone()
-    probs[1, 2] = bad
-    for name in fdcore.list_aggregators():
-        with pytest.raises(ValueError):
-            fdcore.get_aggregator(name)(probs, torch.ones(3) if name == "weighted" else None)
-
-
 def test_invalid_weights_are_errors():
     rule = fdcore.get_aggregator("weighted")
     for weights in (torch.tensor([1.0, -1.0, 1.0]), torch.zeros(3), torch.tensor([1.0, float("nan"), 1.0]),
@@ -85,22 +77,22 @@ def test_invalid_weights_are_errors():
             rule(PROBS, weights)
 
 
+@pytest.mark.parametrize("check", AGGREGATOR_CHECKS)
 @pytest.mark.parametrize("name", fdcore.list_aggregators())
-def test_aggregator_conformance(name):
-    """Every registered aggregator: shape, range, monotone in each expert's vote, invariant to expert order."""
-    rule = fdcore.get_aggregator(name)
-    generator = torch.Generator().manual_seed(0)
-    probs = torch.rand(4, 16, generator=generator)
-    weights = torch.tensor([1.0, 2.0, 3.0, 4.0]) if rule.requires_weights else None
-    fused = rule(probs, weights)
-    assert fused.shape == (16,)
-    assert fused.dtype == probs.dtype
-    assert ((fused >= 0) & (fused <= 1)).all()
+def test_aggregator_conformance(name, check):
+    """Every registered aggregator: metadata; shape, range, monotone in each expert's vote, invariant to expert order;
+    NaN, infinite or out-of-range probabilities and misplaced weights are errors."""
+    check_aggregator(name, checks=check)
 
-    permutation = torch.tensor([2, 0, 3, 1])
-    permuted = rule(probs[permutation], weights[permutation] if weights is not None else None)
-    assert torch.allclose(fused, permuted, atol=1e-6)
 
-    raised = probs.clone()
-    raised[1, 5] = (raised[1, 5] + 0.3).clamp(max=1.0)  # one expert more confident about one image
-    assert rule(raised, weights)[5] >= fused[5] - 1e-6
+def test_a_rule_that_depends_on_the_order_of_the_experts_is_caught():
+    class FirstExpert(fdcore.Aggregator):
+        name = "first-expert"
+        description = "the first expert's probability (broken on purpose)"
+
+        def fuse(self, probs, weights):
+            return probs[0]
+
+    check_aggregator(FirstExpert, checks=["metadata", "invalid_input"])
+    with pytest.raises(AssertionError, match="'first-expert' fails the 'fusion' check: .*order of the experts"):
+        check_aggregator(FirstExpert)

@@ -102,7 +102,7 @@ def test_jpeg_vs_png_trap_warns(tmp_path):
     assert report["scopes"]["all"]["real"]["jpeg_quality"]["median"] == 90
     text = format_report(report)
     assert "format=PNG" in text and "WARN" in text and "warning(s)" in text
-    assert "files skipped while listing: hidden 1, not_image_extension 1" in text
+    assert "files skipped while listing: appledouble_companion 1, ignored_extension 1" in text
     json.dumps(report)
 
 

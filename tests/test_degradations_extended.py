@@ -20,7 +20,7 @@ from fdcore.degradations import (
     ops_occlusion,
     ops_sensor,
 )
-from fdcore.degradations._common import CodecUnavailableError
+from fdcore.degradations.codecs import CodecUnavailableError
 
 MODULES = {
     "blur": (ops_blur, ("motion_blur", "defocus_blur", "zoom_blur", "glass_blur", "atmospheric_blur")),
@@ -211,7 +211,7 @@ def test_jpeg_subsampling_modes_decode_and_420_loses_more_chroma():
 
 
 def test_double_jpeg_differs_from_one_compression():
-    from fdcore.degradations.ops_compression import jpeg_roundtrip
+    from fdcore.degradations.codecs import jpeg_roundtrip
 
     image = scene()
     out = run("double_jpeg", image, level=3)
@@ -228,7 +228,7 @@ def test_jpeg_roundtrip_is_pixel_identical_to_pillows_libjpeg(subsampling):
 
     from PIL import Image
 
-    from fdcore.degradations.base import jpeg_roundtrip
+    from fdcore.degradations.codecs import jpeg_roundtrip
 
     codes = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
     for image in (scene(), scene(37, 21, seed=1), np.random.default_rng(2).integers(0, 256, (9, 30, 3), np.uint8)):

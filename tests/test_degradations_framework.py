@@ -14,7 +14,7 @@ from PIL import Image
 
 import fdcore
 from fdcore import registry
-from fdcore.degradations import base, torch_ops
+from fdcore.degradations import color_spaces, kernels, lut, torch_ops
 from fdcore.degradations.api import DegradationInputError
 from fdcore.degradations.ntire import NTIRE_GROUPS, OPERATORS as NTIRE_OPERATORS
 from fdcore.degradations.policy import (PolicyError, ReplayError, load_policy, operator_rng, sample_key,
@@ -61,7 +61,7 @@ def test_ntire_operators_have_the_published_levels_and_groups():
 def test_gaussian_blur_uses_matlab_kernel_sizes():
     op = fdcore.get_degrader("gaussian_blur")
     assert [op.parameters(level / 5)["kernel_size"] for level in range(1, 6)] == [3, 3, 5, 9, 21]
-    taps = base.gaussian_kernel1d(2.0)
+    taps = kernels.gaussian_kernel1d(2.0)
     assert taps.shape == (9,) and taps.sum() == pytest.approx(1.0) and taps[4] == taps.max()
 
 
@@ -91,9 +91,9 @@ def test_brighten_and_darken_curves_pass_through_their_midpoints():
     # A neutral grey stays grey: the mean of the curve applied to the sRGB value and to its Lab lightness.
     grey = np.full((4, 4, 3), 128, np.uint8)
     out = fdcore.degrade(grey, "darken", level=5)
-    curve = base.monotone_cubic([0, 0.5, 1], [0, 0.5 - 0.8 / 2, 1])
-    lightness = base.srgb_to_lab(grey)[0, 0, 0]
-    lab_branch = base.lab_to_srgb(np.array([[[100 * curve(lightness / 100), 0, 0]]], np.float32))[0, 0, 0]
+    curve = lut.monotone_cubic([0, 0.5, 1], [0, 0.5 - 0.8 / 2, 1])
+    lightness = color_spaces.srgb_to_lab(grey)[0, 0, 0]
+    lab_branch = color_spaces.lab_to_srgb(np.array([[[100 * curve(lightness / 100), 0, 0]]], np.float32))[0, 0, 0]
     expected = 255 * 0.5 * (curve(128 / 255) + lab_branch)
     assert np.all(out == out[0, 0, 0]) and abs(int(out[0, 0, 0]) - expected) <= 1
 
@@ -113,37 +113,37 @@ def test_impulse_noise_density():
 
 def test_lab_conversion_matches_reference_values_and_round_trips():
     colours = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 0, 255], [128, 128, 128]]], np.uint8)
-    lab = base.srgb_to_lab(colours)
+    lab = color_spaces.srgb_to_lab(colours)
     reference = [(100, 0, 0), (0, 0, 0), (53.24, 80.09, 67.20), (32.30, 79.19, -107.86), (53.59, 0, 0)]
     assert np.allclose(lab[0], reference, atol=0.05)
-    back = base.lab_to_srgb(base.srgb_to_lab(IMAGE)) * 255
+    back = color_spaces.lab_to_srgb(color_spaces.srgb_to_lab(IMAGE)) * 255
     assert np.abs(back - IMAGE).max() < 0.5
 
 
 def test_relight_lab_equals_the_lab_round_trip_with_a_curve_on_lightness():
     """The shortcut used by brighten/darken (offset the three Lab companding values) is the same function as
     converting to Lab, replacing L by the curve and converting back."""
-    table = base.tone_curve_table((0.0, 0.5, 1.0), (0.0, 0.2, 1.0), samples=1021).astype(np.float32)
+    table = lut.tone_curve_table((0.0, 0.5, 1.0), (0.0, 0.2, 1.0), samples=1021).astype(np.float32)
     colours = np.random.default_rng(3).integers(0, 256, (48, 40, 3), dtype=np.uint8)
-    lab = base.srgb_to_lab(colours)
-    lab[..., 0] = 100 * base.lookup(lab[..., 0] / 100, table)
-    assert np.abs(base.relight_lab(colours, table) - base.lab_to_srgb(lab)).max() < 2e-4
+    lab = color_spaces.srgb_to_lab(colours)
+    lab[..., 0] = 100 * lut.lookup(lab[..., 0] / 100, table)
+    assert np.abs(color_spaces.relight_lab(colours, table) - color_spaces.lab_to_srgb(lab)).max() < 2e-4
     tiny = np.full((1, 1, 3), 77, np.uint8)
-    assert base.relight_lab(tiny, table).shape == (1, 1, 3)
+    assert color_spaces.relight_lab(tiny, table).shape == (1, 1, 3)
 
 
 def test_apply_lut_matches_indexing_for_shared_and_per_channel_tables():
     rng = np.random.default_rng(4)
     shared, per_channel = rng.integers(0, 256, 256).astype(np.uint8), rng.integers(0, 256, (3, 256)).astype(np.uint8)
     for image in (IMAGE, IMAGE[:1, :1], np.ascontiguousarray(IMAGE[::3, ::2])):
-        assert np.array_equal(base.apply_lut(image, shared), shared[image])
+        assert np.array_equal(lut.apply_lut(image, shared), shared[image])
         expected = np.stack([per_channel[c][image[..., c]] for c in range(3)], axis=-1)
-        assert np.array_equal(base.apply_lut(image, per_channel), expected)
-    assert np.array_equal(base.apply_lut(IMAGE[..., 0], shared), shared[IMAGE[..., 0]])
+        assert np.array_equal(lut.apply_lut(image, per_channel), expected)
+    assert np.array_equal(lut.apply_lut(IMAGE[..., 0], shared), shared[IMAGE[..., 0]])
 
 
 def test_monotone_cubic_never_overshoots():
-    curve = base.monotone_cubic([0, 0.3, 0.5, 0.7, 1], [0, 0.4, 0.5, 0.6, 1])
+    curve = lut.monotone_cubic([0, 0.3, 0.5, 0.7, 1], [0, 0.4, 0.5, 0.6, 1])
     values = curve(np.linspace(0, 1, 2001))
     assert np.all(np.diff(values) >= -1e-12)
     assert curve(np.array([0.3, 0.5]))[0] == pytest.approx(0.4)
@@ -452,7 +452,7 @@ def test_ntire_operators_handle_extreme_shapes(shape):
 def test_remap_tiles_beyond_opencvs_size_limit_with_identical_pixels(monkeypatch):
     import cv2
 
-    from fdcore.degradations import base
+    from fdcore.degradations import resampling
 
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)
@@ -460,9 +460,9 @@ def test_remap_tiles_beyond_opencvs_size_limit_with_identical_pixels(monkeypatch
     map_x = cols + rng.normal(0, 4, cols.shape).astype(np.float32) - 3  # some samples fall outside the image
     map_y = rows + rng.normal(0, 4, rows.shape).astype(np.float32)
     for interpolation in (cv2.INTER_LINEAR, cv2.INTER_NEAREST):
-        whole = base.remap_any_size(image, map_x, map_y, interpolation)
-        monkeypatch.setattr(base, "_REMAP_MAX_SIDE", 64)  # pretend OpenCV's limit is 64 px: tiles of 32
-        tiled = base.remap_any_size(image, map_x, map_y, interpolation, tile=32)
+        whole = resampling.remap_any_size(image, map_x, map_y, interpolation)
+        monkeypatch.setattr(resampling, "_REMAP_MAX_SIDE", 64)  # pretend OpenCV's limit is 64 px: tiles of 32
+        tiled = resampling.remap_any_size(image, map_x, map_y, interpolation, tile=32)
         monkeypatch.undo()
         assert np.array_equal(whole, tiled)
 

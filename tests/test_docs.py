@@ -12,7 +12,7 @@ def test_plugin_guide_code_matches_the_example_plugin():
     spec.loader.exec_module(module)
     guide = (ROOT / "docs" / "plugins.md").read_text()
     assert module.sync(guide) == guide, "docs/plugins.md is out of date: run python docs/sync_examples.py"
-    assert guide.count("<!-- file: ") == 3
+    assert guide.count("<!-- file: ") == 4
 
 
 def test_readme_setup_block_is_what_ci_runs():

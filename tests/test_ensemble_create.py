@@ -8,7 +8,8 @@ from PIL import Image
 
 import fdcore
 from conftest import fdcore_command, make_learnable_folder
-from fdcore.ensemble import EnsembleError, create_ensemble
+from fdcore.ensemble import EnsembleError
+from fdcore.ensemble_io import create_ensemble
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import fdcore
 from fdcore.cli import cli
-from fdcore.ensemble import write_ensemble
+from fdcore.ensemble_io import write_ensemble
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_predict_outputs_calibrated_scores_for_the_rule_it_was_fitted_for(toy_en
 
 
 def test_set_level_fusion_sees_the_whole_evaluation_whatever_the_batch(toy_ensemble, small_folder):
-    from fdcore.ensemble import load_ensemble
+    from fdcore.ensemble_io import load_ensemble
     from fdcore.evaluation import VariantPlan, load_rows, score_dataset
 
     ensemble = load_ensemble(toy_ensemble, device="cpu")

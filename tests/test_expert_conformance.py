@@ -1,9 +1,11 @@
 """Every registered expert (built-in, the CLIP/SigLIP plugins, the third-party toy) honours the Expert contract.
 
-Each is built small from its ``tiny_config()`` (random weights, no download). Checked: preprocessing output,
-logits and probability shapes and dtypes, probabilities in [0, 1], determinism in eval mode, batch-size
-independence, dense feature shapes, a JSON config that rebuilds the architecture, a bit-identical save/load round
-trip, bf16 loading and CPU autocast, int8 dynamic quantisation (`--precision int8`). Also: importing the expert plugins loads neither torch nor transformers.
+The checks live in ``fdcore.testing.check_expert`` (the same ones plugin authors run); each is built small from its
+``tiny_config()`` (random weights, no download). Checked: preprocessing output, logits and probability shapes and
+dtypes, probabilities in [0, 1], determinism in eval mode, batch-size independence, dense feature shapes, a JSON
+config that rebuilds the architecture, a bit-identical save/load round trip, bf16 loading and CPU autocast, int8
+dynamic quantisation (`--precision int8`), gradient checkpointing that changes no gradient. Also: importing the
+expert plugins loads neither torch nor transformers.
 """
 
 import json
@@ -11,13 +13,10 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 import fdcore
-from fdcore.preprocess import Preprocessing
+from fdcore.testing import EXPERT_CHECKS, check_expert
 
 EXPERTS = fdcore.list_experts()
 
@@ -26,94 +25,41 @@ def test_the_shipped_expert_plugins_are_registered():
     assert {"clip", "siglip", "npr", "toy"} <= set(EXPERTS)
 
 
-def _tiny(name):
-    expert_class = fdcore.get_expert_class(name)
-    expert = expert_class(**expert_class.tiny_config()).eval()
-    size = expert.preprocessing.size
-    pixels = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(11))
-    return expert_class, expert, pixels
+@pytest.mark.parametrize("check", EXPERT_CHECKS)
+@pytest.mark.parametrize("name", EXPERTS)
+def test_expert_conformance(name, check):
+    check_expert(name, checks=check)
 
 
 @pytest.mark.parametrize("name", EXPERTS)
-def test_outputs_are_well_formed_deterministic_and_batch_independent(name):
-    expert_class, expert, pixels = _tiny(name)
-    assert isinstance(expert.preprocessing, Preprocessing)
-    images = [Image.fromarray(np.full((37, 61, 3), 90, np.uint8)), Image.new("L", (20, 50), 200)]
-    batch = expert.preprocess(images)
-    size = expert.preprocessing.size
-    assert batch.shape == (2, 3, size, size) and batch.dtype == torch.float32
-    with torch.no_grad():
-        logits = expert(pixels)
-        probabilities = expert.probabilities(pixels)
-        again = expert.probabilities(pixels)
-        one_by_one = torch.cat([expert.probabilities(pixels[i:i + 1]) for i in range(len(pixels))])
-    assert logits.shape == (5, 2) and logits.is_floating_point()
-    assert probabilities.shape == (5,) and probabilities.dtype == torch.float32
-    assert torch.isfinite(probabilities).all() and (probabilities >= 0).all() and (probabilities <= 1).all()
-    assert torch.equal(probabilities, again)
-    torch.testing.assert_close(one_by_one, probabilities, atol=1e-5, rtol=0)
-    described = expert_class.describe()
-    assert isinstance(described.get("input_size"), int) and described["input_size"] > 0
-    assert isinstance(described.get("parameters"), int) and described["parameters"] > 0
+def test_every_shipped_expert_exposes_dense_features(name):
+    assert fdcore.get_expert_class(name).default_feature_layers  # the features check needs them to run at all
 
 
-@pytest.mark.parametrize("name", EXPERTS)
-def test_dense_features(name):
-    _, expert, pixels = _tiny(name)
-    with torch.no_grad():
-        features = expert.features(pixels)
-        logits, together = expert.forward_with_features(pixels)
-        assert torch.equal(logits, expert(pixels))
-    assert list(features) == list(expert.default_feature_layers) and features
-    for layer, tokens in features.items():
-        assert tokens.ndim == 3 and tokens.shape[0] == 5, (layer, tokens.shape)
-        assert torch.equal(together[layer], tokens)
-        if hasattr(expert, "feature_grid"):
-            rows, columns = expert.feature_grid
-            assert tokens.shape[1] == rows * columns
+def test_a_failed_check_names_the_expert_the_check_and_the_fault():
+    assert fdcore.get_expert_class("clip").supports_gradient_checkpointing
+    assert not fdcore.get_expert_class("toy").supports_gradient_checkpointing
+    toy = fdcore.get_expert_class("toy")
+
+    class UndeclaredFeatureGrid(toy):
+        feature_grid = (3, 3)  # conv2 of a 32 px input is 8 x 8
+
+    with pytest.raises(AssertionError, match=r"expert 'toy' fails the 'features' check: .*feature_grid \(3, 3\)"):
+        check_expert(UndeclaredFeatureGrid, checks="features", width=4)
+    with pytest.raises(ValueError, match="unknown check"):
+        check_expert("toy", checks="speed")
 
 
-@pytest.mark.parametrize("name", EXPERTS)
-def test_config_and_save_load_round_trip_is_bit_identical(name, tmp_path):
-    expert_class, expert, pixels = _tiny(name)
-    config = expert.get_config()
-    assert json.loads(json.dumps(config)) == config
-    rebuilt = expert_class.from_config(config)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in expert.state_dict().items()}
-    fdcore.save_expert(expert, tmp_path / name)
-    loaded = fdcore.load_expert(tmp_path / name)
-    assert loaded.preprocessing == expert.preprocessing and not loaded.training
-    with torch.no_grad():
-        assert torch.equal(loaded(pixels), expert(pixels))
-        if expert.default_feature_layers:
-            original, reloaded = expert.features(pixels), loaded.features(pixels)
-            assert all(torch.equal(original[layer], reloaded[layer]) for layer in original)
-        reference = expert.probabilities(pixels)
-        bf16 = fdcore.load_expert(tmp_path / name, dtype=torch.bfloat16)
-        assert next(bf16.parameters()).dtype == torch.bfloat16
-        from_bf16 = bf16.probabilities(pixels.to(torch.bfloat16))  # callers pass pixels in the weights' dtype
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            autocast = loaded.probabilities(pixels)
-    for probabilities in (from_bf16, autocast):
-        assert probabilities.dtype == torch.float32
-        torch.testing.assert_close(probabilities, reference, atol=0.03, rtol=0)
+def test_implementing_gradient_checkpointing_declares_it():
+    toy = fdcore.get_expert_class("toy")
 
+    class Checkpointed(toy):
+        def enable_gradient_checkpointing(self):
+            pass
 
-@pytest.mark.parametrize("name", EXPERTS)
-def test_int8_quantised_expert_stays_close_to_fp32(name, tmp_path):
-    from fdcore.int8 import quantize_int8
-
-    _, expert, pixels = _tiny(name)
-    fdcore.save_expert(expert, tmp_path / name)
-    quantised = quantize_int8(fdcore.load_expert(tmp_path / name))
-    assert not any(type(module) is torch.nn.Linear for module in quantised.modules())
-    assert any(type(module).__name__ == "Int8Linear" for module in quantised.modules())
-    with torch.no_grad():
-        reference = expert.probabilities(pixels)
-        probabilities = quantised.probabilities(pixels)
-        assert torch.equal(probabilities, quantised.probabilities(pixels))
-    assert probabilities.dtype == torch.float32 and probabilities.shape == reference.shape
-    torch.testing.assert_close(probabilities, reference, atol=0.02, rtol=0)
+    assert Checkpointed.supports_gradient_checkpointing
+    with pytest.raises(AssertionError, match="left gradient_checkpointing_enabled False"):
+        check_expert(Checkpointed, checks="gradient_checkpointing", width=4)
 
 
 def test_importing_expert_plugins_loads_neither_torch_nor_transformers():

@@ -79,7 +79,7 @@ def test_missing_manifest_or_unknown_expert(saved, monkeypatch, tmp_path):
         load_expert(tmp_path)
     _, directory = saved
     monkeypatch.setenv("FDCORE_LOAD_PLUGINS", "")
-    fdcore.plugins.reset()
+    fdcore.registry.reset()
     with pytest.raises(ExpertFormatError, match="not registered: install fdcore-toy"):
         load_expert(directory)
 

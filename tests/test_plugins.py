@@ -71,7 +71,7 @@ def test_broken_plugin_is_reported_and_skipped(fake_distributions, capsys):
     warning = capsys.readouterr().err
     assert "fdcore-broken" in warning and "missing_dependency" in warning and "FDCORE_STRICT_PLUGINS" in warning
 
-    info = {item["name"]: item for item in plugins.plugins_info()}
+    info = {item["name"]: item for item in registry.plugins_info()}
     assert info["fdcore-good"]["hooks"] == ["register_aggregators"]
     assert info["fdcore-good"]["registered"] == {"aggregators": ["lowest"]}
     assert info["fdcore-broken"]["errors"] and "missing_dependency" in info["fdcore-broken"]["errors"][0]
@@ -93,11 +93,11 @@ def test_load_plugins_selection(fake_distributions, monkeypatch):
     monkeypatch.setenv("FDCORE_LOAD_PLUGINS", "fdcore-second")  # distribution name
     assert "second-rule" in fdcore.list_aggregators() and "first-rule" not in fdcore.list_aggregators()
 
-    plugins.reset()
+    registry.reset()
     monkeypatch.setenv("FDCORE_LOAD_PLUGINS", "first, second")  # entry-point names, spaces tolerated
     assert {"first-rule", "second-rule"} <= set(fdcore.list_aggregators())
 
-    plugins.reset()
+    registry.reset()
     monkeypatch.setenv("FDCORE_LOAD_PLUGINS", "")
     names = fdcore.list_aggregators()
     assert "first-rule" not in names and "second-rule" not in names
@@ -110,7 +110,7 @@ def test_selected_plugin_that_is_not_installed_loads_nothing_else_and_is_reporte
     fdcore.list_aggregators()
     [failure] = plugins.failures()  # the typo is reported; the broken plugin was never imported
     assert failure.stage == "selection" and "nothing-by-that-name" in failure.error and "broken" in failure.error
-    listed = {item["name"]: item for item in plugins.plugins_info()}
+    listed = {item["name"]: item for item in registry.plugins_info()}
     assert listed["fdcore-broken"]["status"].startswith("not loaded")  # still shown: it is installed
 
 
@@ -128,7 +128,7 @@ def test_two_distributions_with_one_entry_point_name_are_both_refused(fake_distr
     first = aggregator_plugin("rule-a", "fdcore_first_clip")
     second = aggregator_plugin("rule-b", "fdcore_second_clip")
     for order in ((first, second), (second, first)):  # whatever the discovery order
-        plugins.reset()
+        registry.reset()
         fake_distributions.clear()
         fake_distributions.append(FakeDistribution("fdcore-clip", "1", [FakeEntryPoint("clip", lambda: order[0])]))
         fake_distributions.append(FakeDistribution("clip-fork", "2", [FakeEntryPoint("clip", lambda: order[1])]))
@@ -137,7 +137,7 @@ def test_two_distributions_with_one_entry_point_name_are_both_refused(fake_distr
         failures = plugins.failures()
         assert sorted(f.distribution for f in failures) == ["clip-fork", "fdcore-clip"]
         assert all("several distributions" in f.error and "FDCORE_LOAD_PLUGINS" in f.error for f in failures)
-        listed = {item["name"] for item in plugins.plugins_info()}
+        listed = {item["name"] for item in registry.plugins_info()}
         assert {"fdcore-clip", "clip-fork"} <= listed
 
 

@@ -15,7 +15,8 @@ from PIL import Image
 import fdcore
 import predict_corpus as corpus
 from conftest import fdcore_command
-from fdcore.ensemble import Ensemble, EnsembleError, Member, load_ensemble, resolve_precision, write_ensemble
+from fdcore.ensemble import Ensemble, EnsembleError, Member, resolve_precision
+from fdcore.ensemble_io import load_ensemble, write_ensemble
 from fdcore.errors import FdcoreError
 from fdcore.predict import EXIT_COMPLETE, EXIT_PARTIAL, PredictOptions, run_predict
 

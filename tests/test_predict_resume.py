@@ -377,7 +377,7 @@ def real_architectures(tmp_path_factory):
     import torch
 
     import fdcore
-    from fdcore.ensemble import write_ensemble
+    from fdcore.ensemble_io import write_ensemble
 
     root = tmp_path_factory.mktemp("real") / "ensemble"
     wide = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 2, "num_attention_heads": 16,

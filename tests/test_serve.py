@@ -84,7 +84,7 @@ def served(tmp_path_factory):
     import torch
 
     import fdcore
-    from fdcore.ensemble import write_ensemble
+    from fdcore.ensemble_io import write_ensemble
 
     root = tmp_path_factory.mktemp("serve")
     ensemble = root / "ensemble"

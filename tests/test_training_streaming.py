@@ -9,6 +9,7 @@ import torch
 import fdcore
 from conftest import train_in_one_and_two_processes
 from fdcore import training
+from fdcore import data as data_layer
 from fdcore.recipes import pipeline
 
 BASE_ARGS = ["--expert", "toy", "--batch-size", "8", "--lr", "3e-3", "--workers", "0", "--log-every", "1",
@@ -52,7 +53,7 @@ def stream_set(data, config, process_index=0, num_processes=1, policy="featdisti
     """The recipe's StreamingTrainingSet for the toy expert (degraded by ``policy``, seeded per sample)."""
     items = pipeline.training_dataset(data, fdcore.get_expert("toy"), {**config, "policy": policy}, stage=1,
                                       aligned=False, views=1)
-    return training.StreamingTrainingSet(data.train, items, batch_size=config["batch_size"],
+    return data_layer.StreamingTrainingSet(data.train, items, batch_size=config["batch_size"],
                                          steps_per_epoch=config["steps_per_epoch"],
                                          accumulation=config["gradient_accumulation"],
                                          process_index=process_index, num_processes=num_processes)

@@ -52,13 +52,15 @@ class ContrastiveRepresentationDistillation(Distiller):
     an InfoNCE loss pulls the pair together and pushes the student's embedding away from the queue of earlier
     teacher embeddings (other images). Embeddings are the mean of the last requested layer's tokens, projected to
     ``projection_dim`` and L2-normalised. After every optimizer step the teacher (backbone + projection) moves
-    towards the student with momentum :func:`cosine_momentum`.
+    towards the student with momentum :func:`cosine_momentum`. In distributed training every process enqueues the
+    keys of all processes (``gathers``), so the queue is the same everywhere.
     """
 
     name = "crd"
     description = "contrastive distillation with a MoCo negative queue and a cosine-momentum teacher"
     needs_alignment = False
-    needs_views = 2
+    views = 2
+    gathers = True
 
     def __init__(self, teacher=None, projection_dim: int = 128, queue_size: int = 4096, temperature: float = 0.07,
                  momentum_base: float = 0.99, momentum_max: float = 0.9999, seed: int = 0, **options):
@@ -69,7 +71,6 @@ class ContrastiveRepresentationDistillation(Distiller):
             raise ValueError(f"crd: queue_size must be >= 1 and temperature > 0, got {queue_size}, {temperature}")
         self.temperature = float(temperature)
         self.momentum_base, self.momentum_max = float(momentum_base), float(momentum_max)
-        self.gather = None  # set by a distributed trainer so that every process enqueues every key
         size = teacher.preprocessing.size
         with torch.no_grad():
             width = self._pooled(teacher, torch.zeros(1, 3, size, size), None).shape[-1]
@@ -110,9 +111,7 @@ class ContrastiveRepresentationDistillation(Distiller):
         return loss
 
     def _enqueue(self, keys):
-        if self.gather is not None:
-            keys = self.gather(keys)
-        keys = keys.float().cpu()
+        keys = self.gather(keys).float().cpu()
         for key in keys[: len(self.queue)]:
             self.queue[self.queue_pointer] = key
             self.queue_pointer = (self.queue_pointer + 1) % len(self.queue)

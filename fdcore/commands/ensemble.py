@@ -39,7 +39,7 @@ def create_command(out, experts, weights, aggregator):
     Every expert file is copied into OUT and checked against its SHA-256 manifest, then loaded once; OUT holds no
     reference outside itself and appears complete or not at all. An existing OUT is refused.
     """
-    from fdcore.ensemble import create_ensemble, load_ensemble
+    from fdcore.ensemble_io import create_ensemble, load_ensemble
 
     create_ensemble(out, [_expert_argument(value) for value in experts], weights=list(weights) or None,
                     aggregator=aggregator, card={"made_by": "fdcore ensemble create"})

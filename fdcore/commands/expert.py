@@ -7,10 +7,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import click
@@ -81,21 +78,17 @@ def import_featdistill_command(release_dir, out_dir, skip_hash_check, pinned, ba
     reference does. OUT_DIR appears complete or not at all.
     """
     from fdcore import __version__
-    from fdcore.ensemble import write_ensemble
+    from fdcore.ensemble_io import write_ensemble
     from fdcore.expert_io import save_expert
     from fdcore.featdistill import SOURCE_FORMAT, iter_featdistill_release
+    from fdcore.fileio import replace_dir_atomic
 
     if out_dir.exists() and not overwrite:
         raise FdcoreError(f"{out_dir} already exists; choose a new directory or pass --overwrite")
     expected_sha256 = _pairs(pinned, "--sha256")
     expert_config = _backbone_configs(backbone_configs)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.importing-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     release = str(release_dir.resolve())
-    try:
+    with replace_dir_atomic(out_dir) as staging:
         members, sources = [], {}
         for item in iter_featdistill_release(release_dir, skip_hash_check=skip_hash_check,
                                              expected_sha256=expected_sha256, expert_config=expert_config):
@@ -118,29 +111,8 @@ def import_featdistill_command(release_dir, out_dir, skip_hash_check, pinned, ba
             "reference_score": "mean of the experts' P(AI-generated), as FeatDistill's inference",
             "converted_by": {"fdcore": __version__, "command": "fdcore expert import-featdistill"},
         })
-        _install(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     click.echo(f"wrote ensemble {out_dir} ({len(members)} expert(s), aggregator mean); score it with "
                f"`fdcore predict IMAGES --ensemble {out_dir}`")
-
-
-def _install(staging: Path, target: Path) -> None:
-    """Move the finished staging directory into place; an existing target is removed only after that succeeded."""
-    previous = None
-    if target.exists():
-        previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.previous-", dir=target.parent))
-        os.replace(target, previous / target.name)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        if previous is not None:
-            os.replace(previous / target.name, target)
-            shutil.rmtree(previous, ignore_errors=True)
-        raise
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------------ info
@@ -233,7 +205,7 @@ def expert_info(directory: Path) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_command(directory, as_json):
     """Summarise an expert (or ensemble) directory and verify every file against its SHA-256 manifest."""
-    from fdcore.ensemble import ENSEMBLE_FILE, inside, read_ensemble_json
+    from fdcore.ensemble_io import ENSEMBLE_FILE, inside, read_ensemble_json
 
     if (directory / ENSEMBLE_FILE).is_file():
         document = read_ensemble_json(directory)

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fdcore.data.sources import OPEN_FORMATS, DataError
+from fdcore.data.sources import DataError
+from fdcore.images import ALLOWED_FORMATS
 
 CHECK_VERSION = "fdcore-data-check-v1"
 AUC_HIGH = 0.7
@@ -100,7 +101,7 @@ def inspect_image(path: str | None = None, data: bytes | None = None) -> dict[st
         facts["file_size"] = len(data) if data is not None else os.stat(path).st_size
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # header reads only: Pillow's bomb warning is moot here
-            with Image.open(io.BytesIO(data) if data is not None else path, formats=OPEN_FORMATS) as image:
+            with Image.open(io.BytesIO(data) if data is not None else path, formats=ALLOWED_FORMATS) as image:
                 facts.update(format=image.format, width=image.size[0], height=image.size[1], mode=image.mode)
                 facts["exif"] = _has_exif(image)
                 facts["icc"] = bool(image.info.get("icc_profile"))

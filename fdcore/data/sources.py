@@ -19,12 +19,10 @@ import hashlib
 import json
 import math
 import os
-import stat
 from typing import Any, Iterable, Sequence
 
 from fdcore.errors import FdcoreError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 # Class folder names (compared lower-cased). ``0_real``/``1_fake`` is the CNNDetection (Wang et al. 2020) layout.
 CLASS_FOLDERS = {"real": 0, "0_real": 0, "fake": 1, "1_fake": 1}
 # Label spellings accepted in manifests and dataset columns (compared lower-cased, stripped).
@@ -72,96 +70,49 @@ def parse_label(value: Any, where: str) -> int:
                     f"{', '.join(sorted(REAL_LABELS - {'0'}))} / {', '.join(sorted(FAKE_LABELS - {'1'}))}")
 
 
-def _is_within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # os.walk keeps invalid UTF-8 bytes as lone surrogates
-        return False
-    return True
-
-
 def scan_folder(root: str, generator: str | None = None) -> SourceListing:
     """Find labelled images under ``root``'s ``real/`` and ``fake/`` (or ``0_real/``, ``1_fake/``) folders.
 
+    The folder is listed by :func:`fdcore.walk.walk_images`, the lister ``fdcore predict`` uses (the same image
+    extensions, the same symlink and special-file rules and reason codes); this function only labels what it yields.
     Class folders may sit at any depth (``root/airplane/1_fake`` as in CNNDetection) and images at any depth below
     them. The first folder below a fake class folder names the generator (``fake/sdxl/x.png`` -> ``sdxl``) unless
-    ``generator`` is given. Hidden files and folders, ``._*`` companions, other extensions, special files,
-    symlinked folders and symlinks that resolve outside ``root`` are skipped and counted. Rows are sorted by
-    relative path, so the order never depends on the file system.
+    ``generator`` is given. Files with a hidden component (``.cache/x.jpg``) are skipped as ``hidden``, files outside
+    any class folder as ``outside_class_folder``; every skip is counted. Rows are sorted by relative path, so the
+    order never depends on the file system; a row's path is ``root/<relative name>`` (a symlink keeps its own name).
     """
+    from fdcore.images import IMAGE_EXTENSIONS
+    from fdcore.walk import walk_images
+
     if not os.path.exists(root):
         raise DataError(f"data folder {root} does not exist; pass a folder with real/ and fake/ sub-folders, "
                         "a CSV/JSONL manifest or a YAML data spec")
     if not os.path.isdir(root):
         raise DataError(f"{root} is not a folder; a file must end in .csv or .jsonl (manifest) or .yaml/.yml (spec)")
     root_abs = os.path.abspath(root)
-    root_real = os.path.realpath(root)
-    found: list[tuple[str, int, str]] = []
+    walked = walk_images(root_abs, extensions=IMAGE_EXTENSIONS)
     skipped: dict[str, int] = {}
-    class_folder_seen = False
-
-    def skip(reason: str) -> None:
-        skipped[reason] = skipped.get(reason, 0) + 1
-
-    for directory, dirnames, filenames in os.walk(root_abs, followlinks=False):
-        relative_dir = os.path.relpath(directory, root_abs)
-        parts = [] if relative_dir == "." else relative_dir.split(os.sep)
-        kept = []
-        for name in sorted(dirnames):
-            if name.startswith("."):
-                skip("hidden")
-            elif not _utf8(name):
-                skip("undecodable_filename")
-            elif os.path.islink(os.path.join(directory, name)):
-                skip("symlinked_folder")
-            else:
-                kept.append(name)
-        dirnames[:] = kept
-        labels = [(depth, CLASS_FOLDERS[part.lower()]) for depth, part in enumerate(parts) if part.lower() in CLASS_FOLDERS]
-        if labels:
-            class_folder_seen = True
-            if len({label for _, label in labels}) > 1:
-                raise DataError(f"{directory} lies inside both a real and a fake class folder; rename one so that each "
-                                "image has a single class folder above it")
-        elif any(name.lower() in CLASS_FOLDERS for name in dirnames):
-            class_folder_seen = True
-        for name in sorted(filenames):
-            path = os.path.join(directory, name)
-            if name.startswith("."):  # covers macOS ``._*`` companions
-                skip("hidden")
-                continue
-            if not _utf8(name):  # Arrow stores UTF-8 only; such a name cannot be a row
-                skip("undecodable_filename")
-                continue
-            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-                skip("not_image_extension")
-                continue
-            try:
-                info = os.lstat(path)
-                if stat.S_ISLNK(info.st_mode):
-                    target = os.path.realpath(path)
-                    if not _is_within(target, root_real):
-                        skip("symlink_outside_root")
-                        continue
-                    info = os.stat(path)
-            except OSError:
-                skip("unreadable")
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                skip("not_regular_file")
-                continue
-            if not labels:
-                skip("outside_class_folder")
-                continue
-            depth, label = labels[0]
-            below = parts[depth + 1:]
-            file_generator = generator if generator is not None else (below[0] if label == 1 and below else "")
-            found.append(("/".join(parts + [name]), label, file_generator))
-    if not class_folder_seen:
+    for entry in walked.skipped:
+        skipped[entry.code] = skipped.get(entry.code, 0) + 1
+    found: list[tuple[str, int, str]] = []
+    for candidate in walked.candidates:
+        parts = candidate.name.split("/")
+        if any(part.startswith(".") for part in parts):
+            skipped["hidden"] = skipped.get("hidden", 0) + 1
+            continue
+        labels = [(depth, CLASS_FOLDERS[part.lower()]) for depth, part in enumerate(parts[:-1])
+                  if part.lower() in CLASS_FOLDERS]
+        if len({label for _, label in labels}) > 1:
+            raise DataError(f"{os.path.join(root_abs, *parts[:-1])} lies inside both a real and a fake class folder; "
+                            "rename one so that each image has a single class folder above it")
+        if not labels:
+            skipped["outside_class_folder"] = skipped.get("outside_class_folder", 0) + 1
+            continue
+        depth, label = labels[0]
+        below = parts[depth + 1:-1]
+        file_generator = generator if generator is not None else (below[0] if label == 1 and below else "")
+        found.append((candidate.name, label, file_generator))
+    if not any(part.lower() in CLASS_FOLDERS for directory in walked.directories for part in directory.split("/")):
         entries = sorted(os.listdir(root_abs))[:8]
         raise DataError(f"{root} has no real/ and fake/ sub-folders (found: {', '.join(entries) or 'nothing'}); put real "
                         f"images under {os.path.join(root, 'real')} and AI-generated ones under "
@@ -169,10 +120,9 @@ def scan_folder(root: str, generator: str | None = None) -> SourceListing:
     if not found:
         raise DataError(f"{root} has class folders but no image files in them (extensions: "
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}; skipped: {skipped or 'none'})")
-    found.sort(key=lambda item: item[0])
     records = [{"path": os.path.join(root_abs, *relative.split("/")), "label": label, "generator": gen}
                for relative, label, gen in found]
-    return SourceListing(records, skipped)
+    return SourceListing(records, dict(sorted(skipped.items())))
 
 
 def _manifest_rows(path: str) -> Iterable[tuple[int, dict]]:
@@ -481,57 +431,29 @@ def label_counts(labels: Iterable[int]) -> dict[str, int]:
     return counts
 
 
+def is_streaming(dataset) -> bool:
+    """Whether a loaded source is a ``datasets.IterableDataset`` (a stream: no length, no random access)."""
+    import datasets
+
+    return isinstance(dataset, datasets.IterableDataset)
+
+
 def column_values(dataset, column: str) -> list:
     """A column of a (possibly index-mapped) Dataset as a Python list."""
     return list(dataset.select_columns([column]).to_dict()[column]) if len(dataset) else []
 
 
 
-# The only Pillow plugins asked to parse a file (EPS, PSD, ... are never tried). Multi-picture camera JPEGs are
-# opened by the JPEG plugin but reported as MPO, hence the separate set of accepted reported formats.
-OPEN_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
-DECODABLE_FORMATS = frozenset(OPEN_FORMATS) | {"MPO"}
-
-
 def open_image_rgb(path: str | None = None, data: bytes | None = None, name: str | None = None):
-    """Decode one image to an 8-bit RGB PIL image: header format allowlist, frame 0, EXIF orientation applied.
+    """Decode one training or evaluation image with :mod:`fdcore.images` (the one decoder: format allowlist, pixel
+    limits, frame 0, EXIF orientation, the pixel policy) -> model RGB PIL image; a refusal is a DataError naming it."""
+    from fdcore.images import ImageRejected, load_image, open_image_file
 
-    ``fdcore.images`` (the prediction side's full hostile-input policy) takes over when it is installed; this
-    fallback keeps the data layer usable on its own.
-    """
     name = name or path or "<image bytes>"
     try:
-        from fdcore import images as image_policy
-    except ImportError:
-        image_policy = None
-    if image_policy is not None and hasattr(image_policy, "open_image_file") and hasattr(image_policy, "load_image"):
-        try:
-            if data is not None:
-                return image_policy.load_image(data).image
-            # open_image_file refuses a symlink in the last component; listings have already checked the target.
-            return image_policy.open_image_file(os.path.realpath(path)).image
-        except image_policy.ImageRejected as exc:
-            raise DataError(f"image {name} refused: {exc}") from None
-    import io
-
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(io.BytesIO(data) if data is not None else path, formats=OPEN_FORMATS) as image:
-            if image.format not in DECODABLE_FORMATS:
-                raise DataError(f"{name}: format {image.format} is not an allowed image format "
-                                f"({', '.join(sorted(DECODABLE_FORMATS))})")
-            image.load()
-            try:
-                oriented = ImageOps.exif_transpose(image)
-            except Exception:  # a corrupt EXIF block must not cost the image: use it unrotated
-                oriented = image.copy()
-            if oriented.mode in ("I;16", "I;16L", "I;16B"):
-                eight_bit = (np.asarray(oriented, dtype=np.uint16) >> 8).astype(np.uint8)
-                return Image.fromarray(eight_bit, mode="L").convert("RGB")
-            return oriented.convert("RGB")
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"cannot decode image {name}: {type(exc).__name__}: {exc}") from None
+        if data is not None:
+            return load_image(data).image
+        # open_image_file refuses a symlink in the last component; listings have already checked the target.
+        return open_image_file(os.path.realpath(path)).image
+    except ImageRejected as exc:
+        raise DataError(f"image {name} refused: {exc}") from None

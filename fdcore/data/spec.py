@@ -8,7 +8,6 @@ returns one ``datasets`` Dataset (or IterableDataset when streaming) and records
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import urllib.parse
@@ -21,6 +20,7 @@ from fdcore.data.sources import (
     DataError,
     check_weight,
     column_values,
+    is_streaming,
     label_counts,
     listing_to_dataset,
     load_disk_dataset,
@@ -109,10 +109,10 @@ class SourceSpec:
                                         fake_values=self.fake_values, real_values=self.real_values,
                                         generator=self.generator, base_dir=self.location)
             record["fingerprint"] = getattr(loaded, "_fingerprint", None)
-        if stream and not _is_iterable(dataset):
+        if stream and not is_streaming(dataset):
             # several shards, so that DataLoader workers can share the stream
             dataset = dataset.to_iterable_dataset(num_shards=max(1, min(STREAM_SHARDS, len(dataset))))
-        if not _is_iterable(dataset):
+        if not is_streaming(dataset):
             record.update(rows=len(dataset), **label_counts(column_values(dataset, "label")))
         return dataset, record
 
@@ -222,7 +222,7 @@ class DataSpec:
             return datasets_[0]
         shuffled = []
         for position, dataset in enumerate(datasets_):
-            if _is_iterable(dataset):
+            if is_streaming(dataset):
                 shuffled.append(dataset.shuffle(seed=self.seed + position))
             else:
                 shuffled.append(dataset.shuffle(seed=self.seed + position, keep_in_memory=True))
@@ -244,9 +244,34 @@ class DataSpec:
         self._record_mixed(combined, key="all")
         return combined
 
-    def load_splits(self, cache_dir: str | None = None):
+    def with_validation(self, validation: "ValidationSpec | None") -> "DataSpec":
+        """This spec with another validation block (a copy; this one is unchanged)."""
+        return dataclasses.replace(self, validation=validation, counts={})
+
+    def load_splits(self, cache_dir: str | None = None, shuffle_buffer: int = 0, validation_rows: int = 0):
         """``(train, validation)``: validation from its own sources, or held out of every source *before* mixing
-        (so oversampling never puts one image on both sides); ``validation`` is None without a validation block."""
+        (so oversampling never puts one image on both sides); ``validation`` is None without a validation block.
+
+        For streamed training data: ``shuffle_buffer`` rows are shuffled with the spec's seed (re-seeded per epoch by
+        ``set_epoch``); without a validation block, ``validation_rows`` first rows of the (shuffled) stream are held
+        out as validation (:func:`hold_out_first_rows`); a streamed validation source is read once into a list.
+        What was loaded is recorded in :attr:`counts`."""
+        train, validation = self._load_splits(cache_dir)
+        if not is_streaming(train):
+            return train, validation
+        if validation is not None and not hasattr(validation, "__len__"):
+            validation = list(validation)  # a streamed validation source: read once, evaluated every epoch
+            self.counts["validation"] = {"rows": len(validation), **label_counts(row["label"] for row in validation)}
+        if shuffle_buffer:
+            # re-seeded every epoch by set_epoch (datasets shifts the buffer's seed by the epoch)
+            train = train.shuffle(seed=self.seed, buffer_size=shuffle_buffer)
+        if validation is None and validation_rows:
+            train, validation = hold_out_first_rows(train, validation_rows)
+            self.counts["validation"] = {"rows": len(validation), "held_out": "first rows of the stream (epoch 0)",
+                                         **label_counts(row["label"] for row in validation)}
+        return train, validation
+
+    def _load_splits(self, cache_dir: str | None = None):
         if self.validation is None:
             return self.load(cache_dir), None
         if self.validation.data is not None:
@@ -258,13 +283,15 @@ class DataSpec:
         import datasets
 
         per_source = self.load_sources(cache_dir)
-        if any(_is_iterable(dataset) for dataset in per_source):
+        if any(is_streaming(dataset) for dataset in per_source):
             raise DataError("a validation fraction needs every source loaded in full (not streaming); give the "
                             "validation block its own sources instead")
+        from fdcore.data import split
+
         seed = self.seed if self.validation.seed is None else self.validation.seed
         train_parts, validation_parts = [], []
         for dataset in per_source:
-            train_part, validation_part = split_train_validation(dataset, self.validation.fraction, seed=seed,
+            train_part, validation_part = split.split_train_validation(dataset, self.validation.fraction, seed=seed,
                                                                  group=self.validation.group)
             train_parts.append(train_part)
             validation_parts.append(validation_part)
@@ -275,7 +302,7 @@ class DataSpec:
         return train, validation
 
     def _record_mixed(self, mixed, key: str = "mixed") -> None:
-        if _is_iterable(mixed):
+        if is_streaming(mixed):
             self.counts[key] = {"rows": None, "streaming": True}
         else:
             self.counts[key] = {"rows": len(mixed), **label_counts(column_values(mixed, "label"))}
@@ -290,10 +317,20 @@ class DataSpec:
                 "validation": self.validation.to_dict() if self.validation else None, "counts": self.counts}
 
 
-def _is_iterable(dataset) -> bool:
-    import datasets
+def hold_out_first_rows(stream, count: int):
+    """``(training stream, validation rows)``: the first ``count`` rows the stream yields at epoch 0 (after the
+    seeded shuffle buffer, so a stream listed class by class still gives both classes) become the validation set,
+    and every row with one of their paths is filtered out of training, so the two stay disjoint whatever order later
+    epochs read the stream in."""
+    import itertools
 
-    return isinstance(dataset, datasets.IterableDataset)
+    if count < 0:
+        raise DataError(f"--validation-rows must be 0 or more, got {count}")
+    validation = list(itertools.islice(iter(stream), count))
+    if len(validation) < count:
+        raise DataError(f"--validation-rows {count}: the training stream has only {len(validation)} rows")
+    held_out = frozenset(row["path"] for row in validation)
+    return stream.filter(lambda row: row["path"] not in held_out), validation
 
 
 def align_schemas(datasets_: list) -> list:
@@ -303,17 +340,17 @@ def align_schemas(datasets_: list) -> list:
     from fdcore.data.sources import schema_features
 
     with_image = any("image" in (dataset.column_names or []) for dataset in datasets_)
-    streaming = any(_is_iterable(dataset) for dataset in datasets_)
+    streaming = any(is_streaming(dataset) for dataset in datasets_)
     target = schema_features(with_image)
     aligned = []
     for dataset in datasets_:
         if with_image and "image" not in (dataset.column_names or []):
-            if _is_iterable(dataset):
+            if is_streaming(dataset):
                 dataset = dataset.map(lambda example: {**example, "image": None}, features=target)
             else:
                 dataset = dataset.add_column("image", [None] * len(dataset), feature=datasets.Image(decode=False))
         dataset = dataset.select_columns(list(target))
-        if streaming and not _is_iterable(dataset):
+        if streaming and not is_streaming(dataset):
             dataset = dataset.to_iterable_dataset(num_shards=max(1, min(STREAM_SHARDS, len(dataset))))
         aligned.append(dataset)
     return aligned
@@ -547,145 +584,3 @@ def resolve_data_spec(values: str | Sequence[str], *, seed: int | None = None, s
         for source in spec.sources:
             source.missing = "skip"
     return spec
-
-
-# ------------------------------------------------------------------------------------- train/validation split
-
-GROUP_MODES = ("filename", "sha256", "dhash")
-# Two images whose 64-bit difference hashes differ in at most this many bits count as near-duplicates.
-DHASH_NEAR_BITS = 4
-_COPY_SUFFIX = re.compile(r"(?:\s*\(\d+\)|[\s_-]*copy(?:[\s_-]*\d+)?)+$")
-
-
-def normalized_stem(path: str) -> str:
-    """File name without folder, extension, case and trailing copy markers (``IMG_1 (2).JPG`` -> ``img``)."""
-    stem = os.path.splitext(os.path.basename(path.split("#")[0]))[0].lower()
-    return _COPY_SUFFIX.sub("", stem) or stem
-
-
-def _image_bytes(row: dict) -> bytes:
-    image = row.get("image")
-    path = row["path"]
-    if isinstance(image, dict):
-        if image.get("bytes"):
-            return image["bytes"]
-        if image.get("path") and os.path.isfile(image["path"]):
-            path = image["path"]
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise DataError(f"cannot read {path} to group it: {exc.strerror or exc}") from None
-
-
-def difference_hash(row: dict) -> int:
-    """64-bit dHash (9x8 grey thumbnail, left > right per pixel): equal or close for resized/re-encoded copies."""
-    import io
-
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(io.BytesIO(_image_bytes(row))) as image:
-            image.draft("L", (64, 64))  # JPEG: decode at 1/2..1/8 scale, ample for a 9x8 thumbnail
-            try:
-                image = ImageOps.exif_transpose(image)
-            except Exception:  # corrupt EXIF: hash the unrotated image
-                pass
-            grey = np.asarray(image.convert("L").resize((9, 8), Image.BILINEAR), dtype=np.int16)
-    except Exception as exc:
-        raise DataError(f"cannot hash image {row.get('path')}: {type(exc).__name__}: {exc}") from None
-    bits = (grey[:, 1:] > grey[:, :-1]).flatten()
-    return int(sum(1 << position for position, bit in enumerate(bits) if bit))
-
-
-def near_duplicate_groups(hashes: Sequence[int], max_bits: int = DHASH_NEAR_BITS) -> list[int]:
-    """Group id per item: items linked by hash distance <= ``max_bits`` (transitively) share the smallest index."""
-    import numpy as np
-
-    values = np.array(hashes, dtype=np.uint64)
-    parent = list(range(len(values)))
-
-    def find(item: int) -> int:
-        while parent[item] != item:
-            parent[item] = parent[parent[item]]
-            item = parent[item]
-        return item
-
-    for index in range(len(values) - 1):
-        xor = values[index] ^ values[index + 1:]
-        distances = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-        for offset in np.nonzero(distances <= max_bits)[0]:
-            first, second = find(index), find(index + 1 + int(offset))
-            if first != second:
-                parent[max(first, second)] = min(first, second)
-    return [find(index) for index in range(len(values))]
-
-
-def group_keys(dataset, group: str) -> list:
-    """Per-row group key for ``group``: a column name, ``filename`` (normalised stem), ``sha256`` (identical bytes)
-    or ``dhash`` (near-duplicate pixels)."""
-    if group in (dataset.column_names or []) and group not in ("path", "image"):
-        return column_values(dataset, group)
-    if group not in GROUP_MODES:
-        raise DataError(f"group {group!r} is neither a column ({', '.join(dataset.column_names)}) nor one of "
-                        f"{', '.join(GROUP_MODES)}")
-    if group == "filename":
-        return [normalized_stem(path) for path in column_values(dataset, "path")]
-    columns = [name for name in ("path", "image") if name in dataset.column_names]
-    rows = dataset.select_columns(columns)
-    if group == "sha256":
-        return [hashlib.sha256(_image_bytes(row)).hexdigest() for row in rows]
-    return near_duplicate_groups([difference_hash(row) for row in rows])
-
-
-def split_indices(strata: Sequence[Any], fraction: float, seed: int, groups: Sequence[Any] | None = None):
-    """Deterministic stratified split: ``(train_indices, validation_indices)``, both sorted.
-
-    Within each stratum (in sorted order) groups are shuffled by ``seed`` and moved to validation until the
-    stratum's validation share is as close as possible to ``fraction``. A group never straddles the two sides;
-    a group spanning several strata belongs to the stratum of its first row.
-    """
-    import numpy as np
-
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"validation fraction must be between 0 and 1 (exclusive), got {fraction!r}")
-    groups = list(range(len(strata))) if groups is None else list(groups)
-    members: dict[Any, list[int]] = {}
-    for index, key in enumerate(groups):
-        members.setdefault(key, []).append(index)
-    by_stratum: dict[Any, list[Any]] = {}
-    for key, rows in members.items():
-        by_stratum.setdefault(strata[rows[0]], []).append(key)
-    rng = np.random.default_rng(seed)
-    validation: list[int] = []
-    for stratum in sorted(by_stratum, key=repr):
-        keys = sorted(by_stratum[stratum], key=lambda key: members[key][0])
-        order = rng.permutation(len(keys))
-        size = sum(len(members[key]) for key in keys)
-        target = fraction * size
-        taken = 0
-        for position in order:
-            rows = members[keys[position]]
-            if abs(taken + len(rows) - target) < abs(taken - target):
-                validation.extend(rows)
-                taken += len(rows)
-    chosen = set(validation)
-    return [index for index in range(len(strata)) if index not in chosen], sorted(chosen)
-
-
-def split_train_validation(dataset, fraction: float = 0.1, *, seed: int = 0, group: str | None = None,
-                           stratify: Sequence[str] = ("label", "generator")):
-    """Split a labelled Dataset into ``(train, validation)`` by seed, stratified by label and generator.
-
-    With ``group`` (a column, ``filename``, ``sha256`` or ``dhash``), rows sharing a group stay on one side, so
-    copies and near-duplicates never leak from training into validation.
-    """
-    if _is_iterable(dataset):
-        raise DataError("cannot split a streaming dataset; give validation its own sources")
-    columns = [column for column in stratify if column in dataset.column_names]
-    values = [column_values(dataset, column) for column in columns]
-    strata = list(zip(*values)) if values else [()] * len(dataset)
-    groups = group_keys(dataset, group) if group else None
-    train_rows, validation_rows = split_indices(strata, fraction, seed, groups)
-    return dataset.select(train_rows), dataset.select(validation_rows)

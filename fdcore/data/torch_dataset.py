@@ -15,22 +15,11 @@ import numpy as np
 import torch
 
 from fdcore.data.sources import DataError, open_image_rgb
+from fdcore.seeding import row_index, sample_rng, sample_seed_sequence  # noqa: F401 - re-used names
 from fdcore.preprocess import Preprocessing
 
 # degrade(image uint8 HxWx3, sample_index, epoch[, view=k]) -> (degraded uint8 HxWx3, JSON-ready record)
 DegradeFn = Callable[..., tuple[np.ndarray, Any]]
-
-
-def sample_seed_sequence(seed: int, epoch: int, index: int, view: int = 0) -> np.random.SeedSequence:
-    """The seed of one sample's randomness: independent streams for every (seed, epoch, index, view)."""
-    for name, value in (("seed", seed), ("epoch", epoch), ("index", index), ("view", view)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return np.random.SeedSequence([int(seed), int(epoch), int(index), int(view)])
-
-
-def sample_rng(seed: int, epoch: int, index: int, view: int = 0) -> np.random.Generator:
-    return np.random.default_rng(sample_seed_sequence(seed, epoch, index, view))
 
 
 def random_crop_window(seed: int, epoch: int, index: int, height: int, width: int, size: int
@@ -197,35 +186,74 @@ class DetectionDataset(torch.utils.data.Dataset):
         return item
 
 
-def stable_sample_key(path: str) -> int:
-    """A 63-bit integer that names a row by its path/URI, the same in every process and run."""
-    import hashlib
+class StreamingTrainingSet(torch.utils.data.IterableDataset):
+    """One epoch of training samples from a row stream (a ``datasets.IterableDataset``), for one process.
 
-    return int.from_bytes(hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()[:8], "big") >> 1
+    A stream has no length and no random access, so the epoch is defined by ``steps_per_epoch`` optimizer steps: the
+    stream is read from its start (after ``set_epoch``, which re-seeds its shuffle buffers from the run seed and the
+    epoch) in groups of ``batch_size * accumulation`` rows, one group per optimizer step; an incomplete last group is
+    dropped, and a stream that runs out earlier ends the epoch early.
 
+    Every process and every DataLoader worker reads the whole row stream (rows are paths or encoded bytes: cheap next
+    to decoding, degrading and the forward pass) and builds only its own samples: process ``r`` of ``P`` takes rows
+    ``[r*B/P, (r+1)*B/P)`` of each global batch of ``B`` rows (accelerate's ``split_batches`` layout, so ``P``
+    processes compute what one process computes), and worker ``w`` of ``W`` builds the batches ``w, w+W, ...``, which
+    the DataLoader's round-robin returns in order. The result therefore depends neither on the number of processes
+    nor on the number of workers. ``start_epoch(epoch, skip_batches)`` skips the batches a resumed run already
+    trained on without decoding them.
 
-class DetectionIterableDataset(torch.utils.data.IterableDataset):
-    """The streaming counterpart of :class:`DetectionDataset`, over a ``datasets.IterableDataset``.
-
-    A stream has no stable row numbers across workers, so a sample's randomness is keyed by its path instead:
-    ``degrade`` receives :func:`stable_sample_key` ``(path)`` as ``sample_index`` (also the item's ``index``), and
-    the result is the same whichever worker reads the row. Rows are split between DataLoader workers by the
-    stream's shards (``datasets`` does this; give the stream at least as many shards as workers).
+    ``items`` is the :class:`fdcore.data.DetectionDataset` that builds a sample from a row (decode, seeded
+    degradation, preprocessing); a sample's randomness is keyed by a hash of its path
+    (:func:`fdcore.seeding.row_index`), so it is the same whichever process or worker builds it.
     """
 
-    def __init__(self, source, preprocessing: Any, *, degrade: DegradeFn | None = None, views: int = 1,
-                 epoch: int = 0):
-        self._items = DetectionDataset([], preprocessing, degrade=degrade, views=views, epoch=epoch)
-        self.source = source
+    def __init__(self, stream, items, *, batch_size: int, steps_per_epoch: int, accumulation: int = 1,
+                 process_index: int = 0, num_processes: int = 1):
+        if batch_size % num_processes:
+            raise DataError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
+                                f"{num_processes} processes")
+        if steps_per_epoch < 1:
+            raise DataError(f"--steps-per-epoch must be a positive integer, got {steps_per_epoch}")
+        self.stream, self.items = stream, items
+        self.batch_size, self.accumulation = batch_size, accumulation
+        self.steps_per_epoch = steps_per_epoch
+        self.process_index, self.num_processes = process_index, num_processes
+        self.epoch, self.skip_batches = 0, 0
 
-    def use_epoch(self, epoch: int) -> None:
-        self._items.use_epoch(epoch)
-        if hasattr(self.source, "set_epoch"):
-            self.source.set_epoch(int(epoch))  # reshuffles a shuffled stream per epoch, reproducibly
+    @property
+    def process_batch_size(self) -> int:
+        return self.batch_size // self.num_processes
+
+    def start_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = int(epoch), int(skip_batches)
+        self.items.use_epoch(self.epoch)
+        if hasattr(self.stream, "set_epoch"):
+            self.stream.set_epoch(self.epoch)
+
+    def batch_rows(self):
+        """``(batch_number, rows of this process)`` for every global batch of the epoch, skipped ones included."""
+        group_size = self.batch_size * self.accumulation
+        share = self.process_batch_size
+        # .iter() rather than iter(): a datasets stream iterated inside a DataLoader worker would otherwise hand
+        # each worker a subset of its shards, and which rows form a batch would depend on the worker count.
+        groups = self.stream.iter(batch_size=group_size, drop_last_batch=True)
+        for step, columns in enumerate(groups):
+            if step >= self.steps_per_epoch:
+                return
+            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            for micro in range(self.accumulation):
+                start = micro * self.batch_size + self.process_index * share
+                yield step * self.accumulation + micro, rows[start:start + share]
 
     def __iter__(self):
-        for row in self.source:
-            yield self._items.build(row, stable_sample_key(row["path"]))
+        worker = torch.utils.data.get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for batch_number, rows in self.batch_rows():
+            position = batch_number - self.skip_batches
+            if position < 0 or position % workers != worker_id:
+                continue
+            for row in rows:
+                yield self.items.build(row, row_index(row["path"]))
 
 
 def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -12,24 +12,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from fdcore.degradations.base import (
-    LeveledDegrader,
-    apply_lut,
-    blur_separable,
-    convolve2d,
-    disk_kernel,
-    gaussian_kernel1d,
-    in_strips,
-    jpeg_roundtrip,
-    luma,
-    normal_sampler,
-    random_count,
-    relight_lab,
-    remap_any_size,
-    rint_uint8,
-    shift_bilinear,
-    tone_curve_table,
-)
+from fdcore.degradations.base import LeveledDegrader
+from fdcore.degradations.codecs import jpeg_roundtrip
+from fdcore.degradations.color_spaces import luma, relight_lab
+from fdcore.degradations.kernels import blur_separable, convolve2d, disk_kernel, gaussian_kernel1d
+from fdcore.degradations.lut import apply_lut, tone_curve_table
+from fdcore.degradations.pixels import in_strips, rint_uint8
+from fdcore.degradations.randomness import normal_sampler, random_count
+from fdcore.degradations.resampling import remap_any_size, shift_bilinear
 
 # The seven groups of the NTIRE 2026 sampler, in the challenge's order.
 NTIRE_GROUPS = ("blur", "color_distortion", "jpeg", "noise", "brightness_change", "spatial_distortion",

@@ -9,8 +9,10 @@ import math
 
 import numpy as np
 
-from fdcore.degradations._common import gaussian_blur, level_value, line_offsets, mean_of_shifts, remap
-from fdcore.degradations.base import LeveledDegrader, rint_uint8
+from fdcore.degradations.base import LeveledDegrader, level_value
+from fdcore.degradations.kernels import gaussian_blur, line_offsets, mean_of_shifts
+from fdcore.degradations.pixels import rint_uint8
+from fdcore.degradations.resampling import remap
 
 
 class MotionBlur(LeveledDegrader):

@@ -11,7 +11,10 @@ import math
 
 import numpy as np
 
-from fdcore.degradations.base import LUMA_WEIGHTS, LeveledDegrader, apply_lut, luma, rint_uint8, tone_curve_table
+from fdcore.degradations.base import LeveledDegrader
+from fdcore.degradations.color_spaces import LUMA_WEIGHTS, luma
+from fdcore.degradations.lut import apply_lut, tone_curve_table
+from fdcore.degradations.pixels import rint_uint8
 
 
 class ToneCurve(LeveledDegrader):

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from fdcore.degradations._common import JPEG2000_SETTINGS, jpeg2000_roundtrip, level_value, require_codec, resize
-from fdcore.degradations.base import JPEG_SUBSAMPLING
-from fdcore.degradations.base import LeveledDegrader, apply_lut, codec_roundtrip, jpeg_roundtrip
+from fdcore.degradations.base import LeveledDegrader, level_value
+from fdcore.degradations.codecs import (
+    JPEG2000_SETTINGS,
+    JPEG_SUBSAMPLING,
+    codec_roundtrip,
+    jpeg2000_roundtrip,
+    jpeg_roundtrip,
+    require_codec,
+)
+from fdcore.degradations.lut import apply_lut
+from fdcore.degradations.resampling import resize
 
 
 class JpegSubsampling(LeveledDegrader):

@@ -9,16 +9,11 @@ import math
 
 import numpy as np
 
-from fdcore.degradations._common import (
-    fractal_noise,
-    gaussian_blur,
-    level_value,
-    line_offsets,
-    mean_of_shifts,
-    pixel_grid,
-    screen_uint8,
-)
-from fdcore.degradations.base import LeveledDegrader, in_strips, rint_uint8
+from fdcore.degradations.base import LeveledDegrader, level_value
+from fdcore.degradations.kernels import gaussian_blur, line_offsets, mean_of_shifts
+from fdcore.degradations.pixels import in_strips, rint_uint8, screen_uint8
+from fdcore.degradations.randomness import fractal_noise
+from fdcore.degradations.resampling import pixel_grid
 
 
 class Fog(LeveledDegrader):

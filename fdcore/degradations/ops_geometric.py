@@ -14,16 +14,9 @@ import math
 
 import numpy as np
 
-from fdcore.degradations._common import (
-    cover_zoom,
-    level_value,
-    pixel_grid,
-    remap,
-    resize,
-    smooth_field,
-    warp_linear,
-)
-from fdcore.degradations.base import LeveledDegrader
+from fdcore.degradations.base import LeveledDegrader, level_value
+from fdcore.degradations.randomness import smooth_field
+from fdcore.degradations.resampling import cover_zoom, pixel_grid, remap, resize, warp_linear
 
 
 class Downscale(LeveledDegrader):

@@ -10,8 +10,10 @@ import math
 
 import numpy as np
 
-from fdcore.degradations._common import smooth_field
-from fdcore.degradations.base import LeveledDegrader, luma, rint_uint8, standard_normal, to_float
+from fdcore.degradations.base import LeveledDegrader
+from fdcore.degradations.color_spaces import luma
+from fdcore.degradations.pixels import rint_uint8, to_float
+from fdcore.degradations.randomness import smooth_field, standard_normal
 
 # Quantile resolution of the shot-noise sampling tables: each 8-bit input value owns a table of this many
 # equally likely outputs (the exact Poisson quantiles at the cell midpoints), so a draw is one uint16 integer

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fdcore.degradations._common import gaussian_blur, pixel_grid, remap
-from fdcore.degradations.base import LeveledDegrader, luma, rint_uint8, standard_normal
+from fdcore.degradations.base import LeveledDegrader
+from fdcore.degradations.color_spaces import luma
+from fdcore.degradations.kernels import gaussian_blur
+from fdcore.degradations.pixels import rint_uint8
+from fdcore.degradations.randomness import standard_normal
+from fdcore.degradations.resampling import pixel_grid, remap
 
 
 class Blooming(LeveledDegrader):

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,12 +39,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from fdcore.errors import FdcoreError
+from fdcore.seeding import check_seed, operator_rng, sample_key, sampler_rng  # noqa: F401 - re-used names
 
 RECORD_FORMAT = 1
 LEVEL_COUNT = 5
 # Stream tags inside a sample's seed material, so that the sampler and operator i never share a generator.
-_SAMPLER_STREAM = 0
-_OPERATOR_STREAM = 1
 
 _POLICY_KEYS = {"name", "description", "clean_probability", "branches", "options"}
 _BRANCH_KEYS = {"name", "weight", "groups", "ops", "from_policy", "group_weights", "k", "levels", "order", "first",
@@ -63,35 +61,7 @@ class ReplayError(FdcoreError, ValueError):
 
 # --------------------------------------------------------------------------------------------- seeds and records
 
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
-
-def sample_key(sample_id: int | str) -> int:
-    """The integer that stands for a sample id in seed material: an int as itself, a string (a relative path, a
-    dataset key) as the first 8 bytes of its SHA-256, so ids stay stable when files are added or reordered."""
-    if isinstance(sample_id, bool):
-        raise ValueError(f"sample_id must be a non-negative integer or a string, got {sample_id!r}")
-    if isinstance(sample_id, (int, np.integer)):
-        if sample_id < 0:
-            raise ValueError(f"sample_id must be non-negative, got {sample_id}")
-        return int(sample_id)
-    if isinstance(sample_id, str):
-        return int.from_bytes(hashlib.sha256(sample_id.encode("utf-8")).digest()[:8], "little")
-    raise ValueError(f"sample_id must be a non-negative integer or a string, got {type(sample_id).__name__}")
-
-
-def sampler_rng(seed: int, sample_id: int | str) -> np.random.Generator:
-    """Generator for the policy's own choices for one sample (clean or not, branch, k, operators, levels)."""
-    return np.random.default_rng(np.random.SeedSequence([_check_seed(seed), sample_key(sample_id), _SAMPLER_STREAM, 0]))
-
-
-def operator_rng(seed: int, sample_id: int | str, op_index: int) -> np.random.Generator:
-    """Generator for the ``op_index``-th operator applied to one sample."""
-    return np.random.default_rng(
-        np.random.SeedSequence([_check_seed(seed), sample_key(sample_id), _OPERATOR_STREAM, int(op_index)]))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,7 +61,7 @@ def _delta() -> np.ndarray:
 
 
 def _gaussian_blur(images, severities, generators, op):
-    from fdcore.degradations.base import gaussian_kernel1d
+    from fdcore.degradations.kernels import gaussian_kernel1d
 
     rows, columns = [], []
     for severity in severities:
@@ -72,7 +72,7 @@ def _gaussian_blur(images, severities, generators, op):
 
 
 def _lens_blur(images, severities, generators, op):
-    from fdcore.degradations.base import disk_kernel
+    from fdcore.degradations.kernels import disk_kernel
 
     return _grouped_conv(images, _centered([disk_kernel(op.parameter(s)) if s > 0 else _delta() for s in severities]))
 
@@ -116,24 +116,25 @@ def _lookup(values: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
 
 
 def _srgb_to_lab(images: torch.Tensor) -> torch.Tensor:
-    from fdcore.degradations import base
+    from fdcore.degradations import color_spaces
 
     linear = torch.where(images <= 0.04045, images / 12.92, ((images.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4)
-    matrix = torch.tensor(base._RGB_TO_XYZ / base._WHITE_D65[:, None], dtype=images.dtype, device=images.device)
+    matrix = torch.tensor(color_spaces._RGB_TO_XYZ / color_spaces._WHITE_D65[:, None], dtype=images.dtype,
+                          device=images.device)
     xyz = torch.einsum("ij,bjhw->bihw", matrix, linear)
-    delta = base._LAB_DELTA
+    delta = color_spaces._LAB_DELTA
     f = torch.where(xyz > delta ** 3, xyz.clamp(min=delta ** 3) ** (1 / 3), xyz / (3 * delta ** 2) + 4 / 29)
     return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
 
 
 def _lab_to_srgb(lab: torch.Tensor) -> torch.Tensor:
-    from fdcore.degradations import base
+    from fdcore.degradations import color_spaces
 
     fy = (lab[:, 0] + 16) / 116
     f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], dim=1)
-    delta = base._LAB_DELTA
+    delta = color_spaces._LAB_DELTA
     xyz = torch.where(f > delta, f ** 3, 3 * delta ** 2 * (f - 4 / 29))
-    inverse = np.linalg.inv(base._RGB_TO_XYZ / base._WHITE_D65[:, None])
+    inverse = np.linalg.inv(color_spaces._RGB_TO_XYZ / color_spaces._WHITE_D65[:, None])
     linear = torch.einsum("ij,bjhw->bihw", torch.tensor(inverse, dtype=lab.dtype, device=lab.device), xyz).clamp(0, 1)
     srgb = torch.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
     return srgb.clamp(0, 1)

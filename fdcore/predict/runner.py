@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fdcore.ensemble import Ensemble, load_ensemble, resolve_device, resolve_precision
+from fdcore.ensemble import Ensemble, resolve_device, resolve_precision
+from fdcore.ensemble_io import load_ensemble
 from fdcore import scoring
 from fdcore.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PIXEL_POLICY_VERSION
 from fdcore.predict import outputs, state, worklog

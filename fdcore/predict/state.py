@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fdcore.fileio import write_text_atomic
+from fdcore.fileio import swap_in_directory, write_text_atomic
 from fdcore.errors import FdcoreError
 
 LOCK_FILE = ".lock"
@@ -154,9 +154,5 @@ def promote(out_dir: Path, staging: Path) -> Path:
     work_dir = out_dir / WORK_DIR
     if Path(staging) == work_dir:
         return work_dir
-    retired = out_dir / RETIRED_DIR
-    if work_dir.exists():
-        os.replace(work_dir, retired)
-    os.replace(staging, work_dir)
-    shutil.rmtree(retired, ignore_errors=True)
-    return work_dir
+    # a fixed retired name: prepare_work_dir finishes a swap that a kill interrupted between the two renames
+    return swap_in_directory(staging, work_dir, retired=out_dir / RETIRED_DIR)

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from fdcore.data.sources import label_counts
 from fdcore.training import TrainingError, environment_record
 
 # Keys that may differ when resuming a run: they change how fast it goes, not what it computes.
@@ -73,22 +72,11 @@ def load_data(config: dict) -> TrainingData:
     if streaming:
         check_streaming_options(config, has_validation_source=bool(config["validation"] or spec.validation))
     if config["validation"]:
-        spec.validation = ValidationSpec(data=resolve_data_spec(config["validation"], seed=config["seed"]))
+        spec = spec.with_validation(ValidationSpec(data=resolve_data_spec(config["validation"], seed=config["seed"])))
     elif spec.validation is None and config["validation_fraction"] and not streaming:
-        spec.validation = ValidationSpec(fraction=config["validation_fraction"])
-    train, validation = spec.load_splits()
-    if not streaming:
-        return TrainingData(spec, train, validation)
-    if validation is not None and not hasattr(validation, "__len__"):
-        validation = list(validation)  # a streamed validation source: read once, evaluated every epoch
-        spec.counts["validation"] = {"rows": len(validation), **label_counts(row["label"] for row in validation)}
-    if config["shuffle_buffer"]:
-        # re-seeded every epoch by set_epoch (datasets shifts the buffer's seed by the epoch)
-        train = train.shuffle(seed=config["seed"], buffer_size=config["shuffle_buffer"])
-    if validation is None and config["validation_rows"]:
-        train, validation = hold_out_first_rows(train, config["validation_rows"])
-        spec.counts["validation"] = {"rows": len(validation), "held_out": "first rows of the stream (epoch 0)",
-                                     **label_counts(row["label"] for row in validation)}
+        spec = spec.with_validation(ValidationSpec(fraction=config["validation_fraction"]))
+    train, validation = spec.load_splits(shuffle_buffer=config["shuffle_buffer"] or 0,
+                                         validation_rows=config["validation_rows"] or 0)
     return TrainingData(spec, train, validation)
 
 
@@ -103,22 +91,6 @@ def check_streaming_options(config: dict, has_validation_source: bool) -> None:
                             "or --validation-rows 0 to train without validation")
     if config["validation_rows"] and has_validation_source:
         raise TrainingError("--validation-rows and a validation source are two validation sets; give only one")
-
-
-def hold_out_first_rows(stream, count: int):
-    """``(training stream, validation rows)``: the first ``count`` rows the stream yields at epoch 0 (after the
-    recipe's seeded shuffle buffer, so a stream listed class by class still gives both classes) become the
-    validation set, and every row with one of their paths is filtered out of training, so the two stay disjoint
-    whatever order later epochs read the stream in."""
-    import itertools
-
-    if count < 0:
-        raise TrainingError(f"--validation-rows must be 0 or more, got {count}")
-    validation = list(itertools.islice(iter(stream), count))
-    if len(validation) < count:
-        raise TrainingError(f"--validation-rows {count}: the training stream has only {len(validation)} rows")
-    held_out = frozenset(row["path"] for row in validation)
-    return stream.filter(lambda row: row["path"] not in held_out), validation
 
 
 def stage_learning_rate(config: dict, stage: int) -> float:
@@ -196,7 +168,7 @@ def streaming_loader(items, data: TrainingData, config: dict, accelerator):
     """``(StreamingTrainingSet, DataLoader)`` for a streamed training source: this process's share of every global
     batch. Not passed through ``accelerator.prepare``, which would shard the stream a second time."""
     from fdcore.data import collate_samples
-    from fdcore.training import StreamingTrainingSet
+    from fdcore.data import StreamingTrainingSet
 
     stream_set = StreamingTrainingSet(data.train, items, batch_size=config["batch_size"],
                                       steps_per_epoch=config["steps_per_epoch"],

@@ -91,7 +91,7 @@ class ReproductionError(FdcoreError):
 def split_manifest(data_dir: Path, out_dir: Path, seed: int, max_per_class: int | None = None) -> dict:
     """Write ``out_dir/train.csv`` and ``out_dir/heldout.csv`` (absolute paths, label, generator, source)."""
     from fdcore.data import resolve_data_spec
-    from fdcore.data.spec import group_keys, split_indices
+    from fdcore.data.split import group_keys, split_indices
 
     manifest = data_dir / "manifest.csv"
     if not manifest.is_file():
@@ -212,7 +212,7 @@ def train_npr(out: Path, size: ReproductionSize, seed: int, echo) -> dict[str, P
 # ----------------------------------------------------------------------------------------------------- evaluation
 
 def assemble(directory: Path, members: dict[str, Path], aggregator: str, card: dict) -> Path:
-    from fdcore.ensemble import write_ensemble
+    from fdcore.ensemble_io import write_ensemble
 
     shutil.rmtree(directory, ignore_errors=True)
     entries = []
@@ -247,7 +247,7 @@ def fused_metrics(records: list[dict], members: list[str], aggregator_name: str,
 
 def evaluate_all(out: Path, trained: dict[str, Path], size: ReproductionSize, seed: int, echo) -> dict:
     from fdcore import registry
-    from fdcore.ensemble import load_ensemble
+    from fdcore.ensemble_io import load_ensemble
     from fdcore.evaluation import VariantPlan, load_rows, score_dataset, write_records_csv
     from fdcore.metrics import compute_metrics
 

@@ -241,7 +241,7 @@ def training_function(config: dict) -> Path:
     set_seed(config["seed"])
     expert = pipeline.build_expert(config)
     if config["gradient_checkpointing"]:
-        if not hasattr(expert, "enable_gradient_checkpointing"):
+        if not expert.supports_gradient_checkpointing:
             raise training.TrainingError(f"expert {expert.name!r} does not support gradient checkpointing")
         expert.enable_gradient_checkpointing()
     if accelerator.is_main_process:  # only now: a run that could not even start leaves nothing to resume
@@ -297,7 +297,7 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
     accelerator.free_memory()
     set_seed(config["seed"] + stage)
     epochs = config["epochs"] if stage == 1 else config["stage2_epochs"]
-    views = getattr(distiller, "needs_views", 1) if distiller else 1
+    views = distiller.views if distiller else 1
     aligned = bool(distiller and distiller.needs_alignment)
     train_set = pipeline.training_dataset(data, expert, config, stage, aligned=aligned, views=views)
     if data.streaming:
@@ -331,8 +331,8 @@ def run_stage(stage, expert, distiller, data, config, accelerator, stage_dir, lo
         train_loader = accelerator.prepare(train_loader)
     validation_loaders = {name: accelerator.prepare(dl) for name, dl in validation_loaders.items()}
     if distiller is not None:
-        if hasattr(distiller, "gather"):
-            distiller.gather = accelerator.gather
+        if distiller.gathers:
+            distiller.set_gather(accelerator.gather)
         distiller.teacher.to(accelerator.device)
     layers = config["feature_layers"].split(",") if isinstance(config["feature_layers"], str) else None
 

@@ -199,7 +199,8 @@ class Service:
     # -- start-up ---------------------------------------------------------------------------------------------
     def load(self) -> None:
         """Load (verified, like predict), resolve the fusion rule, start the batcher, warm up, then report ready."""
-        from fdcore.ensemble import load_ensemble, resolve_device, resolve_precision
+        from fdcore.ensemble import resolve_device, resolve_precision
+        from fdcore.ensemble_io import load_ensemble
         from fdcore.scoring import Fusion
         from fdcore.serve.batcher import MicroBatcher
 
@@ -568,7 +569,10 @@ def create_app(options: ServeOptions, keys: list[bytes] | None = None, ensemble=
                   openapi_url=None)
     app.state.service = service
 
-    def error_response(refusal: Refusal) -> JSONResponse:
+    @app.exception_handler(Refusal)
+    async def refused(request: Request, refusal: Refusal) -> JSONResponse:
+        """Every route raises :class:`Refusal`; it is answered here, and its code reaches the access log."""
+        request.state.code = refusal.code
         return JSONResponse({"error": {"code": refusal.code, "message": refusal.message}},
                             status_code=refusal.status, headers=refusal.headers)
 
@@ -622,20 +626,13 @@ def create_app(options: ServeOptions, keys: list[bytes] | None = None, ensemble=
 
     @app.post("/v1/score")
     async def score(request: Request):
-        try:
-            results = await scored_request(request, parse_score_body)
-        except Refusal as refusal:
-            request.state.code = refusal.code
-            return error_response(refusal)
+        results = await scored_request(request, parse_score_body)
         return JSONResponse({**model_info(), "results": results})
 
     @app.get("/v1/model")
     async def model(request: Request):
-        try:
-            service.authenticate(request.headers.get("authorization"))
-            service.require_ready()
-        except Refusal as refusal:
-            return error_response(refusal)
+        service.authenticate(request.headers.get("authorization"))
+        service.require_ready()
         return JSONResponse({**model_info(), "ensemble": service.ensemble.describe(),
                              "limits": {"max_body_mb": options.max_body_mb, "max_pixels": options.max_pixels,
                                         "max_aspect_ratio": options.max_aspect_ratio,
@@ -655,10 +652,7 @@ def create_app(options: ServeOptions, keys: list[bytes] | None = None, ensemble=
 
     @app.get("/v2")
     async def server_metadata(request: Request):
-        try:
-            service.authenticate(request.headers.get("authorization"))
-        except Refusal as refusal:
-            return error_response(refusal)
+        service.authenticate(request.headers.get("authorization"))
         return JSONResponse({"name": "fdcore", "version": __version__, "extensions": []})
 
     def known_model(request: Request, name: str) -> None:
@@ -668,11 +662,8 @@ def create_app(options: ServeOptions, keys: list[bytes] | None = None, ensemble=
 
     @app.get("/v2/models/{name}")
     async def model_metadata(request: Request, name: str):
-        try:
-            known_model(request, name)
-            service.require_ready()
-        except Refusal as refusal:
-            return error_response(refusal)
+        known_model(request, name)
+        service.require_ready()
         experts = len(service.ensemble.members)
         return JSONResponse({
             "name": options.name, "versions": [service.ensemble.identity[:16]], "platform": "fdcore",
@@ -686,10 +677,7 @@ def create_app(options: ServeOptions, keys: list[bytes] | None = None, ensemble=
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready(request: Request, name: str):
-        try:
-            known_model(request, name)
-        except Refusal as refusal:
-            return error_response(refusal)
+        known_model(request, name)
         is_ready = service.ready and not service.draining
         return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
@@ -722,12 +710,8 @@ def create_app(options: ServeOptions, keys: list[bytes] | None = None, ensemble=
 
     @app.post("/v2/models/{name}/infer")
     async def infer(request: Request, name: str):
-        try:
-            known_model(request, name)
-            results = await scored_request(request, parse_infer_body)
-        except Refusal as refusal:
-            request.state.code = refusal.code
-            return error_response(refusal)
+        known_model(request, name)
+        results = await scored_request(request, parse_infer_body)
         count, experts = len(results), service.ensemble.names
         response = {
             "model_name": options.name, "model_version": service.ensemble.identity[:16],
@@ -746,10 +730,7 @@ def create_app(options: ServeOptions, keys: list[bytes] | None = None, ensemble=
 
     @app.get("/metrics")
     async def metrics(request: Request):
-        try:
-            service.authenticate(request.headers.get("authorization"))
-        except Refusal as refusal:
-            return error_response(refusal)
+        service.authenticate(request.headers.get("authorization"))
         if service.batcher is not None:
             service.metrics.queued.set(len(service.batcher))
         from prometheus_client import CONTENT_TYPE_LATEST

@@ -7,7 +7,13 @@ from PIL import Image
 
 import fdcore
 from fdcore.preprocess import Preprocessing, crop_grid, grid_shape, tile_to_size
+from fdcore.testing import EXPERT_CHECKS, check_expert
 from fdcore_npr.expert import IMAGENET_MEAN, IMAGENET_STD, NPRExpert, npr_residual
+
+
+@pytest.mark.parametrize("check", EXPERT_CHECKS)
+def test_fdcore_conformance(check):
+    check_expert("npr", checks=check)
 
 
 def test_residual_is_each_pixel_minus_the_top_left_of_its_2x2_block():

@@ -13,6 +13,7 @@ from PIL import Image
 
 import fdcore
 from fdcore.hf_expert import BackboneUnavailableError
+from fdcore.testing import EXPERT_CHECKS, check_expert
 
 transformers = pytest.importorskip("transformers")
 
@@ -34,6 +35,11 @@ def saved_backbone(tmp_path):
     directory = tmp_path / "siglip-backbone"
     model.save_pretrained(directory)
     return model, directory
+
+
+@pytest.mark.parametrize("check", EXPERT_CHECKS)
+def test_fdcore_conformance(check):
+    check_expert("siglip", checks=check)
 
 
 def test_registered_through_its_entry_point_with_featdistill_metadata(siglip_class):
