@@ -379,3 +379,29 @@ def test_crd_resumed_mid_stage_equals_an_uninterrupted_run(learnable_folder, tmp
     straight = fdcore.load_expert(tmp_path / "straight" / "expert").state_dict()
     resumed = fdcore.load_expert(tmp_path / "interrupted" / "expert").state_dict()
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+
+
+def test_the_top_level_recipe_is_the_loop_itself_and_runs_under_accelerate_launch(learnable_folder, tmp_path):
+    """recipes/two_stage.py is what a user opens first: the launch lines and the loop, the very code `fdcore train`
+    runs (a link to the packaged recipe), and `accelerate launch` runs it as a script."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    script = repo / "recipes" / "two_stage.py"
+    source = script.read_text()
+    assert "accelerate launch" in source.split('"""')[1] and "def run_stage(" in source
+    assert script.resolve() == (repo / "fdcore" / "recipes" / "two_stage.py").resolve()
+    args = ["--data", str(learnable_folder), "--policy", "none", "--epochs", "1", "--stage2-epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both runs on one thread: thread counts change the last bits
+    module = subprocess.run([sys.executable, "-m", "fdcore.recipes.two_stage", *BASE_ARGS, *args, "--output-dir",
+                             str(tmp_path / "in-process")], capture_output=True, text=True, timeout=300, env=env)
+    assert module.returncode == 0, module.stderr[-3000:]
+    launcher = Path(sys.executable).with_name("accelerate")
+    launched = subprocess.run([str(launcher), "launch", "--config_file", str(repo / "recipes" / "configs" / "cpu.yaml"),
+                               str(script), *BASE_ARGS, *args, "--output-dir", str(tmp_path / "launched")],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    weights = [(tmp_path / run / "expert" / "model.safetensors").read_bytes() for run in ("in-process", "launched")]
+    assert weights[0] == weights[1]
