@@ -133,9 +133,16 @@ class Calibration:
                 raise CalibrationError(f"{source}: isotonic knots must be finite and non-decreasing, y in [0, 1]")
         if self.threshold is not None:
             value = self.threshold.get("value") if isinstance(self.threshold, dict) else None
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise CalibrationError(f"{source}: threshold must be a dict with a finite 'value', got "
                                        f"{self.threshold!r}")
+            band = self.threshold.get("inconclusive")
+            if band is not None and not (isinstance(band, list) and len(band) == 2
+                                         and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                 and math.isfinite(b) for b in band)
+                                         and 0 <= band[0] < band[1] <= 1):
+                raise CalibrationError(f"{source}: threshold.inconclusive must be [low, high] with 0 <= low < high "
+                                       f"<= 1, got {band!r}")
 
     def apply(self, scores) -> np.ndarray:
         """Calibrated P(AI-generated) for raw fused scores (array in, float64 array out)."""

@@ -49,7 +49,7 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="fdcore")
 @click.option("--no-plugins", is_flag=True, help="Load no installed plugins (built-ins only); same as FDCORE_LOAD_PLUGINS=''.")
 def cli(no_plugins):

@@ -238,7 +238,9 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
         return Ensemble(members, aggregator=document.get("aggregator") or "mean", kind=FORMAT_NAME,
                         source=str(directory.resolve()), device=device, precision=precision,
                         card=document.get("card"), calibration=calibration_identity, calibrator=calibrator,
-                        threshold=document.get("threshold"), scoring_chunk=scoring_chunk)
+                        # the threshold of the verified calibration file, never an unchecked copy
+                        threshold=calibrator.threshold if calibrator is not None else None,
+                        scoring_chunk=scoring_chunk)
     if (directory / CONFIG_FILE).is_file():
         expert, identity = load_expert_with_identity(directory, device=device, dtype=dtype)
         expert = ready_for_precision(expert, precision)

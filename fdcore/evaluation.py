@@ -167,6 +167,29 @@ def score_dataset(ensemble, rows, plan: VariantPlan, aggregator: str | None = No
     return records, skipped
 
 
+def decision_counts(records: list[dict], threshold: dict) -> dict:
+    """The calibrated decisions (ai / real / inconclusive) against the labels, per condition: the confusion matrix
+    a reviewer reads, and how often the inconclusive band defers."""
+    from fdcore.scoring import decision
+
+    result = {}
+    for condition in sorted({record["condition"] for record in records}):
+        table = {outcome: {"real": 0, "fake": 0} for outcome in ("ai", "real", "inconclusive")}
+        for record in records:
+            if record["condition"] == condition:
+                table[decision(record["score"], threshold)]["fake" if record["label"] == 1 else "real"] += 1
+        total = sum(sum(row.values()) for row in table.values())
+        decided_fake = table["ai"]["fake"] + table["real"]["fake"]
+        decided_real = table["ai"]["real"] + table["real"]["real"]
+        result[condition] = {
+            "confusion": table, "n": total,
+            "inconclusive_share": (table["inconclusive"]["real"] + table["inconclusive"]["fake"]) / total if total else None,
+            "tpr_when_decided": table["ai"]["fake"] / decided_fake if decided_fake else None,
+            "fpr_when_decided": table["ai"]["real"] / decided_real if decided_real else None,
+        }
+    return {"threshold": threshold.get("value"), "inconclusive": threshold.get("inconclusive"), **result}
+
+
 def load_rows(data: Sequence[str] | str, seed: int = 0, max_images: int | None = None):
     """Every labelled row of a data spec once (weights ignored), optionally a seeded stratified subset."""
     from fdcore.data import resolve_data_spec
@@ -213,8 +236,11 @@ def run_evaluation(ensemble_path, data, out_dir, plan: VariantPlan, aggregator: 
     from fdcore.metrics import compute_metrics
     from fdcore.report import write_report
 
+    from fdcore import registry
     from fdcore.scoring import Fusion
 
+    if aggregator is not None:
+        registry.get_aggregator(aggregator)  # a typo is reported now, not after loading the ensemble
     ensemble = load_ensemble(ensemble_path, device=device, precision=precision)
     fusion = Fusion.resolve(ensemble, aggregator, weights, use_calibration)
     spec, rows = load_rows(data, seed=plan.seed, max_images=max_images)
@@ -229,6 +255,8 @@ def run_evaluation(ensemble_path, data, out_dir, plan: VariantPlan, aggregator: 
     operating_point = ensemble.threshold if calibrated else None
     metrics = compute_metrics(records, threshold=threshold, bootstrap=bootstrap, seed=plan.seed,
                               operating_point=operating_point)
+    if operating_point is not None:
+        metrics["decisions"] = decision_counts(records, operating_point)
     metrics["evaluation"] = {
         "ensemble": ensemble.describe(),
         "aggregator": aggregator or ensemble.aggregator,
@@ -251,9 +279,10 @@ def run_evaluation(ensemble_path, data, out_dir, plan: VariantPlan, aggregator: 
 def run_calibration(ensemble_path, data, plan: VariantPlan, method: str = "temperature",
                     target_fpr: float | None = 0.01, aggregator: str | None = None, device: str = "auto",
                     precision: str | None = None, batch_size: int = 16, workers: int = 0,
-                    max_images: int | None = None, progress=None):
+                    max_images: int | None = None, progress=None, inconclusive: tuple[float, float] | None = None):
     """`fdcore calibrate`: fit on validation data, store calibration.json with the ensemble, point ensemble.json
-    at it (and at the threshold). Returns the Calibration."""
+    at it (and at the threshold, with its optional ``inconclusive`` band of calibrated scores). Returns the
+    Calibration."""
     from fdcore.calibration import fit_calibration
     from fdcore.ensemble_io import ENSEMBLE_FILE, load_ensemble, read_ensemble_json, write_ensemble
 
@@ -279,6 +308,18 @@ def run_calibration(ensemble_path, data, plan: VariantPlan, method: str = "tempe
     calibration = fit_calibration(scores, labels, method=method, target_fpr=target_fpr,
                                   description=json.dumps(spec.to_dict(), sort_keys=True, default=str))
     calibration.fitted_on["aggregator"] = aggregator or ensemble.aggregator
+    if inconclusive is not None:
+        low, high = (float(value) for value in inconclusive)
+        if calibration.threshold is None:
+            raise EvaluationError("--inconclusive needs a threshold: give --target-fpr")
+        value = calibration.threshold["value"]
+        if not low <= value <= high:
+            raise EvaluationError(f"--inconclusive {low:g},{high:g} does not contain the chosen threshold {value:.6f} "
+                                  "(calibrated scale); choose a band around it")
+        calibrated_scores = calibration.apply(scores)
+        calibration.threshold["inconclusive"] = [low, high]
+        calibration.threshold["inconclusive_share"] = float(np.mean((calibrated_scores >= low)
+                                                                    & (calibrated_scores < high)))
     calibration.fitted_on["variants"] = plan.to_dict()
     calibration.save(directory / "calibration.json")
     document = read_ensemble_json(directory)

@@ -206,7 +206,8 @@ class HFVisionExpert(Expert):
                 f"`huggingface-cli download {self.default_backbone} --local-dir DIR` (newer huggingface_hub: "
                 f"`hf download {self.default_backbone} --local-dir DIR`), copy DIR here and pass `--backbone DIR` "
                 f"(Python: backbone='DIR'). To build the architecture with random weights instead (training from "
-                f"scratch, benchmarks), pass backbone_config={{}}."
+                f"scratch, benchmarks): `fdcore train ... --init random` (its size from `--backbone-config FILE.json`, "
+                f"see docs/training.md; Python: backbone_config={{}})."
             ) from exc
         except (RuntimeError, ValueError) as exc:  # size mismatches, a config of another model type
             raise StateDictMismatchError(f"the weights at {source!r} do not fit expert {self.name!r} "

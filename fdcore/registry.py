@@ -27,7 +27,17 @@ class UnknownNameError(FdcoreError, KeyError):
 
     def __str__(self) -> str:
         listing = ", ".join(self.valid) if self.valid else "(none registered)"
-        return f"unknown {self.kind} {self.name!r}; valid {self.kind}s: {listing}"
+        return f"unknown {self.kind} {self.name!r}{did_you_mean(self.name, self.valid)}; valid {self.kind}s: {listing}"
+
+
+def did_you_mean(name: str, valid: list[str]) -> str:
+    """``"; did you mean 'mean' or 'median'?"`` for the valid names closest to ``name`` (typos, case, a missing
+    dash), or ``""`` when none is close."""
+    import difflib
+
+    lowered = {candidate.lower(): candidate for candidate in valid}
+    close = [lowered[match] for match in difflib.get_close_matches(str(name).lower(), list(lowered), n=3, cutoff=0.6)]
+    return f"; did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
 
 
 class RegistrationError(FdcoreError, ValueError):

@@ -175,3 +175,28 @@ class Fusion:
     def describe(self) -> dict:
         return {"aggregator": self.name, "weights": None if self.weights is None else list(self.weights),
                 "calibrated": self.calibrated}
+
+
+def decision(score: float, threshold: dict | None) -> str | None:
+    """The calibrated operating decision for one fused score: ``ai`` (score >= threshold value), ``real``, or
+    ``inconclusive`` inside the threshold's optional ``inconclusive`` band ``[low, high)``; None without a threshold
+    or for a score that is not finite."""
+    if not threshold or score is None or not np.isfinite(score):
+        return None
+    band = threshold.get("inconclusive")
+    if isinstance(band, (list, tuple)) and len(band) == 2 and band[0] <= score < band[1]:
+        return "inconclusive"
+    return "ai" if score >= float(threshold["value"]) else "real"
+
+
+def disagreement(ensemble, fusion: Fusion, probabilities) -> np.ndarray:
+    """Per image ``[B]``: True when the members fall on both sides of the threshold, each member's probability put
+    through the ensemble's calibration and compared with the threshold as if it were the only expert (the members
+    are on the fused score's scale for the averaging rules). All False without a calibrated threshold."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    count = probabilities.shape[1] if probabilities.ndim == 2 else 0
+    if not fusion.calibrated or not ensemble.threshold or len(ensemble.members) < 2 or count == 0:
+        return np.zeros(count, dtype=bool)
+    value = float(ensemble.threshold["value"])
+    calls = np.stack([ensemble.calibrated(row, fusion.name)[0] >= value for row in probabilities])
+    return calls.any(axis=0) & ~calls.all(axis=0)

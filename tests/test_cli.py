@@ -129,3 +129,55 @@ def test_load_plugins_selects_by_distribution_name(broken_plugin_path):
 
 def test_version():
     assert "fdcore, version" in fdcore_command("--version", check=True).stdout
+
+
+def test_unknown_names_get_the_closest_valid_ones_before_anything_loads(tmp_path):
+    images, ensemble = tmp_path / "images", tmp_path / "not-an-ensemble"
+    images.mkdir()
+    ensemble.mkdir()  # never loaded: the aggregator name is checked first
+    result = fdcore_command("predict", str(images), "--ensemble", str(ensemble), "--out", str(tmp_path / "out"),
+                            "--aggregator", "maen")
+    assert result.returncode == 2 and "did you mean 'mean'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    result = fdcore_command("degrade", str(images), str(tmp_path / "degraded"), "--policy", "featdistil")
+    assert result.returncode == 2 and "did you mean 'featdistill'" in result.stderr
+    result = fdcore_command("degrade", str(images), str(tmp_path / "degraded"), "--op", "jpg")
+    assert result.returncode == 2 and "did you mean 'jpeg'" in result.stderr
+
+
+def _commands(command, path=()):
+    import click
+
+    if isinstance(command, click.Group):
+        for name in command.list_commands(None):
+            yield from _commands(command.get_command(None, name), (*path, name))
+    else:
+        yield path, command
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    import click
+
+    from fdcore.cli import cli
+
+    missing = []
+    for path, command in _commands(cli):
+        context = click.Context(command, info_name=" ".join(path), parent=click.Context(cli, show_default=True))
+        for parameter in command.params:
+            if not isinstance(parameter, click.Option) or parameter.hidden or parameter.is_flag or parameter.required:
+                continue
+            if parameter.default in (None, (), []) or parameter.multiple:
+                continue
+            record = parameter.get_help_record(context)
+            if record is None or "default:" not in record[1]:
+                missing.append(f"fdcore {' '.join(path)} {parameter.opts[0]}")
+    assert not missing, missing
+
+
+def test_train_help_shows_the_recipe_defaults():
+    result = fdcore_command("train", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for expected in ("--policy POLICY training degradation policy", "[default: featdistill]", "[default: 2]",
+                     "[default: pretrained]"):
+        assert expected in text, expected

@@ -124,3 +124,16 @@ def test_list_degraders_json_shows_the_metadata():
     for item in listed.values():
         assert {"category", "moves_pixels", "changes_size"} <= set(item)
     assert listed["jitter"]["moves_pixels"] is True and listed["jpeg"]["group"] == "jpeg"
+
+
+def test_a_non_empty_out_dir_is_refused_unless_overwrite(image_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("someone's file")
+    result = fdcore_command("degrade", str(image_folder), str(out), "--policy", "ntire2026-test-like")
+    assert result.returncode == 2 and "not empty" in result.stderr and "--overwrite" in result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["keep.txt"]  # nothing written
+    result = fdcore_command("degrade", str(image_folder), str(out), "--policy", "ntire2026-test-like", "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert (out / "keep.txt").read_text() == "someone's file" and (out / "degradations.csv").is_file()
+    assert "fdcore degrade" in result.stderr  # the progress bar

@@ -165,3 +165,59 @@ def test_a_sweep_never_changes_the_headline_robust_auc(toy_ensemble, small_folde
     assert "Sweep: jpeg at each level" in (tmp_path / "swept" / "report.md").read_text()
     rows = read_rows(tmp_path / "swept" / "records.csv")
     assert {row["condition"] for row in rows} == {"clean", "degraded", "sweep"}
+
+
+def test_calibrated_decisions_with_an_inconclusive_band_in_predict_and_evaluate(toy_ensemble, small_folder, tmp_path):
+    from fdcore.scoring import decision
+
+    refused = CliRunner().invoke(cli, ["calibrate", "--ensemble", str(toy_ensemble), "--data", str(small_folder),
+                                       "--clean-only", "--workers", "0", "--quiet", "--inconclusive", "0.999,1.0"])
+    assert refused.exit_code != 0 and "does not contain the chosen threshold" in str(refused.exception or refused.output)
+    invoke("calibrate", "--ensemble", str(toy_ensemble), "--data", str(small_folder), "--clean-only", "--workers", "0",
+           "--quiet", "--target-fpr", "0.2", "--inconclusive", "0.0,1.0")  # everything inconclusive: easy to check
+    threshold = json.loads((toy_ensemble / "calibration.json").read_text())["threshold"]
+    assert threshold["inconclusive"] == [0.0, 1.0] and threshold["inconclusive_share"] == 1.0
+    out = tmp_path / "predicted"
+    invoke("predict", str(small_folder), "--ensemble", str(toy_ensemble), "--out", str(out), "--workers", "0",
+           "--per-expert", "--quiet")
+    with open(out / "predictions.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == ["image_name", "score", "decision", "disagreement", "p_raw_one", "p_raw_two"]
+    rows = read_rows(out / "predictions.csv")
+    assert {row["decision"] for row in rows} == {"inconclusive"} and {row["disagreement"] for row in rows} <= {"yes", "no"}
+    meta = json.loads((out / "predictions.meta.json").read_text())
+    assert "raw" in meta["columns"]["p_raw_one"] and "inconclusive" in meta["columns"]["decision"]
+
+    # a narrow band: decisions follow the rule, members that straddle the threshold are flagged
+    calibration = json.loads((toy_ensemble / "calibration.json").read_text())
+    value = calibration["threshold"]["value"]
+    calibration["threshold"]["inconclusive"] = [max(0.0, value - 0.01), min(1.0, value + 0.01)]
+    (toy_ensemble / "calibration.json").write_text(json.dumps(calibration))
+    narrow = tmp_path / "narrow"
+    invoke("predict", str(small_folder), "--ensemble", str(toy_ensemble), "--out", str(narrow), "--workers", "0",
+           "--per-expert", "--quiet")
+    rows = read_rows(narrow / "predictions.csv")
+    assert [row["decision"] for row in rows] == [decision(float(row["score"]), calibration["threshold"])
+                                                  for row in rows]
+    assert {"ai", "real"} <= {row["decision"] for row in rows}
+    ensemble = fdcore.load_ensemble(toy_ensemble, device="cpu")
+    for row in rows:
+        calls = {ensemble.calibrated([float(row[f"p_raw_{name}"])])[0][0] >= value for name in ("one", "two")}
+        assert (row["disagreement"] == "yes") == (len(calls) == 2)
+
+    report = tmp_path / "report"
+    invoke("evaluate", "--ensemble", str(toy_ensemble), "--data", str(small_folder), "--out", str(report),
+           "--bootstrap", "0", "--workers", "0", "--quiet", "--copies", "0")
+    decisions = json.loads((report / "metrics.json").read_text())["decisions"]
+    clean = decisions["clean"]
+    assert sum(sum(cell.values()) for cell in clean["confusion"].values()) == clean["n"] == len(rows)
+    assert clean["confusion"]["ai"]["fake"] + clean["confusion"]["real"]["fake"] + \
+        clean["confusion"]["inconclusive"]["fake"] == sum(1 for row in rows if row["image_name"].startswith("fake/"))
+
+    calibration["threshold"]["inconclusive"] = ["low", "high"]  # a forged band is refused by name, not a traceback
+    (toy_ensemble / "calibration.json").write_text(json.dumps(calibration))
+    from conftest import fdcore_command
+
+    result = fdcore_command("predict", str(small_folder), "--ensemble", str(toy_ensemble), "--out",
+                            str(tmp_path / "forged"), "--workers", "0", "--quiet")
+    assert result.returncode == 2 and "threshold.inconclusive" in result.stderr and "Traceback" not in result.stderr

@@ -405,3 +405,18 @@ def test_the_top_level_recipe_is_the_loop_itself_and_runs_under_accelerate_launc
     assert launched.returncode == 0, launched.stderr[-3000:]
     weights = [(tmp_path / run / "expert" / "model.safetensors").read_bytes() for run in ("in-process", "launched")]
     assert weights[0] == weights[1]
+
+
+@pytest.mark.parametrize("expert_name", ["clip", "siglip"])
+def test_the_documented_backbone_config_examples_build_and_score(expert_name):
+    """docs/training.md's working examples: `--init random --backbone-config recipes/configs/tiny_<name>.json`."""
+    from fdcore.recipes.pipeline import build_expert
+    from fdcore.recipes.two_stage import DEFAULTS
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "configs" / f"tiny_{expert_name}.json"
+    assert f"recipes/configs/tiny_{expert_name}.json" in (path.parents[2] / "docs" / "training.md").read_text()
+    expert = build_expert({**DEFAULTS, "expert": expert_name, "init": "random", "backbone_config": str(path)})
+    stored = expert.get_config()["backbone_config"]
+    assert {key: stored[key] for key in json.loads(path.read_text())} == json.loads(path.read_text())
+    probabilities = expert.probabilities(torch.randn(2, 3, expert.preprocessing.size, expert.preprocessing.size))
+    assert probabilities.shape == (2,) and bool(((probabilities >= 0) & (probabilities <= 1)).all())

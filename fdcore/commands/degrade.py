@@ -45,8 +45,11 @@ def _ops_summary(record: dict) -> str:
 
 def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = None, severity: float | None = None,
                    level: int | None = None, seed: int = 0, options: dict | None = None,
-                   echo=lambda message: None) -> dict:
-    """Degrade every image under ``in_dir`` into ``out_dir`` (see the module docstring); returns counts."""
+                   echo=lambda message: None, overwrite: bool = False, progress: bool = False) -> dict:
+    """Degrade every image under ``in_dir`` into ``out_dir`` (see the module docstring); returns counts.
+
+    A non-empty ``out_dir`` is refused unless ``overwrite`` (then same-named files are replaced, others kept);
+    ``progress`` shows a bar on stderr."""
     import numpy as np
 
     from fdcore.degradations.policy import RECORD_FORMAT, Step, apply_steps, load_policy
@@ -58,6 +61,11 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
     in_real, out_real = os.path.realpath(in_dir), os.path.realpath(out_dir)
     if in_real == out_real:
         raise DegradeCommandError("OUT_DIR must differ from IN_DIR (degraded copies would overwrite the originals)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise DegradeCommandError(f"OUT_DIR {out_dir} is not empty; choose a new folder, or pass --overwrite to write "
+                                  "over same-named files (other files are left as they are)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DegradeCommandError(f"OUT_DIR {out_dir} exists and is not a folder; choose a folder for the outputs")
     loaded_policy = load_policy(policy, **(options or {})) if policy is not None else None
     if op is not None:
         from fdcore import registry
@@ -84,8 +92,16 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
         rows.append(row_without_output(name, status))
         echo(f"fdcore degrade: {name}: {status}")
 
+    bar = None
+    if progress and walked.candidates:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(walked.candidates), unit="img", desc="fdcore degrade", file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.5)
     try:
         for candidate in walked.candidates:
+            if bar is not None:
+                bar.update(1)
             target = str(Path(candidate.name).with_suffix(".png").as_posix())
             try:
                 pixels = np.asarray(open_image_file(candidate.path, root=candidate.root).image.convert("RGB"))
@@ -108,6 +124,8 @@ def degrade_folder(in_dir: Path, out_dir: Path, policy=None, op: str | None = No
                          "seed": seed, "branch": record["branch"], "ops": _ops_summary(record),
                          "record": json.dumps(record, sort_keys=True, separators=(",", ":"))})
     finally:
+        if bar is not None:
+            bar.close()
         # Written even when an unexpected error stops the run: the images already written keep their records.
         for skipped in walked.skipped:
             if not skipped.ignored:
@@ -171,7 +189,9 @@ def contact_sheet(image_path: Path, sheet_path: Path, tile: int = 128, seed: int
               help="Write a contact sheet of every operator at levels 1..5 for IMAGE to this PNG.")
 @click.option("--tile", type=click.IntRange(16, 1024), default=128, show_default=True, help="Contact sheet tile size.")
 @click.option("--filter", "pattern", default=None, help="Contact sheet: only operators matching this pattern.")
-def command(paths, policy, op, severity, strength, seed, preserve_alignment, sheet, tile, pattern):
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty OUT_DIR (same-named files are replaced).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def command(paths, policy, op, severity, strength, seed, preserve_alignment, sheet, tile, pattern, overwrite, quiet):
     """Degrade IN_DIR into OUT_DIR (--policy NAME or --op NAME [--severity N]), or draw a contact sheet.
 
     \b
@@ -203,7 +223,8 @@ def command(paths, policy, op, severity, strength, seed, preserve_alignment, she
     in_dir, out_dir = paths
     counts = degrade_folder(in_dir, out_dir, policy=policy, op=op, severity=strength, level=level, seed=seed,
                             options={"preserve_alignment": True} if preserve_alignment else None,
-                            echo=lambda message: click.echo(message, err=True))
+                            echo=lambda message: click.echo(message, err=True), overwrite=overwrite,
+                            progress=not quiet)
     click.echo(f"wrote {counts['written']} images and {out_dir / CSV_NAME}"
                + (f"; {counts['failed']} failed (see the error rows)" if counts["failed"] else "")
                + (f"; {counts['skipped']} skipped entries" if counts["skipped"] else ""))

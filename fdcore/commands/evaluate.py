@@ -116,6 +116,18 @@ def evaluate_command(ensemble_path, data, out_dir, weights, bootstrap, threshold
     click.echo(f"report: {out_dir}/report.html  metrics: {out_dir}/metrics.json")
 
 
+def _parse_band(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        low, high = (float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LOW,HIGH such as 0.4,0.6, got {value!r}") from None
+    if not 0.0 <= low < high <= 1.0:
+        raise click.BadParameter(f"expected 0 <= LOW < HIGH <= 1, got {value!r}")
+    return low, high
+
+
 @click.command("calibrate")
 @click.option("--ensemble", "ensemble_path", required=True, type=click.Path(exists=True, file_okay=False),
               help="fdcore ensemble directory; calibration.json is written into it.")
@@ -125,10 +137,13 @@ def evaluate_command(ensemble_path, data, out_dir, weights, bootstrap, threshold
               type=click.Choice(["temperature", "isotonic"]))
 @click.option("--target-fpr", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Choose the decision threshold whose validation false-positive rate is at most this.")
+@click.option("--inconclusive", "inconclusive", default=None, metavar="LOW,HIGH", callback=_parse_band,
+              help="Calibrated scores in [LOW, HIGH) are called 'inconclusive' instead of ai/real (the band must "
+                   "contain the chosen threshold); predict and serve then report three decisions.")
 @click.option("--clean-only", is_flag=True, help="Fit on clean validation images only (default: clean + suite).")
 @_variant_options
-def calibrate_command(ensemble_path, data, method, target_fpr, clean_only, suite, copies, sweep, seed, max_images,
-                      aggregator, device, precision, batch_size, workers, quiet):
+def calibrate_command(ensemble_path, data, method, target_fpr, inconclusive, clean_only, suite, copies, sweep, seed,
+                      max_images, aggregator, device, precision, batch_size, workers, quiet):
     """Fit temperature (or isotonic) calibration and a threshold at a target FPR on validation data, and store them
     with the ensemble; `fdcore predict` and `fdcore evaluate` then use them."""
     from fdcore.evaluation import run_calibration
@@ -137,6 +152,7 @@ def calibrate_command(ensemble_path, data, method, target_fpr, clean_only, suite
     bar = _progress(quiet, "calibrate")
     try:
         calibration = run_calibration(ensemble_path, list(data), plan, method=method, target_fpr=target_fpr,
+                                      inconclusive=inconclusive,
                                       aggregator=aggregator, device=device, precision=precision,
                                       batch_size=batch_size, workers=workers, max_images=max_images,
                                       progress=bar)
@@ -150,4 +166,8 @@ def calibrate_command(ensemble_path, data, method, target_fpr, clean_only, suite
         t = calibration.threshold
         click.echo(f"threshold {t['value']:.6f}: validation FPR {t['validation_fpr']:.4f} (target {target_fpr}), "
                    f"TPR {t['validation_tpr']:.4f}")
+        if t.get("inconclusive"):
+            low, high = t["inconclusive"]
+            click.echo(f"inconclusive band [{low:g}, {high:g}): {t['inconclusive_share']:.1%} of the validation "
+                       "scores fall in it")
     click.echo(f"stored in {ensemble_path}/calibration.json")

@@ -516,7 +516,8 @@ def load_policy(policy: str | Path | dict | Policy, **options: Any) -> Policy:
                 raise PolicyError(f"policy file {path} does not exist")
             spec = read_policy_file(path)
             return Policy(spec, spec.get("name") or path.stem, **options)
-        raise PolicyError(f"unknown policy {text!r}: not a registered policy ({', '.join(registry.names('policies'))}) "
-                          "nor a .yaml/.json file")
+        names = registry.names("policies")
+        raise PolicyError(f"unknown policy {text!r}{registry.did_you_mean(text, names)}: not a registered policy "
+                          f"({', '.join(names)}) nor a .yaml/.json file")
     raise PolicyError(f"a policy is a name, a file path, a dict or a Policy, got {type(policy).__name__}")
 

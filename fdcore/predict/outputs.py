@@ -26,13 +26,26 @@ def format_score(value: float) -> str:
     return SCORE_FORMAT.format(value)
 
 
-def write_predictions(path: Path, rows: Sequence[tuple[str, float, Sequence[float]]],
-                      expert_names: Sequence[str] | None = None, excel_safe: bool = False) -> None:
-    """``rows`` = (image_name, fused score, per-expert probabilities); per-expert columns when names are given."""
-    header = list(PREDICTION_COLUMNS) + [f"p_{name}" for name in (expert_names or [])]
+DECISION_COLUMNS = ("decision", "disagreement")
+
+
+def per_expert_column(name: str, calibrated: bool) -> str:
+    """``p_<expert>``, or ``p_raw_<expert>`` when ``score`` is calibrated (the members' probabilities never are)."""
+    return f"p_raw_{name}" if calibrated else f"p_{name}"
+
+
+def write_predictions(path: Path, rows: Sequence[tuple], expert_names: Sequence[str] | None = None,
+                      excel_safe: bool = False, calibrated: bool = False, decisions: bool = False) -> None:
+    """``rows`` = (image_name, fused score, per-expert probabilities[, decision, disagreement]); per-expert columns
+    when names are given; ``decision`` and ``disagreement`` columns when ``decisions`` (a calibrated threshold)."""
+    header = (list(PREDICTION_COLUMNS) + (list(DECISION_COLUMNS) if decisions else [])
+              + [per_expert_column(name, calibrated) for name in (expert_names or [])])
     body = []
-    for name, score, probabilities in sorted(rows, key=lambda row: row[0]):
+    for row in sorted(rows, key=lambda row: row[0]):
+        name, score, probabilities = row[:3]
         line = [name, format_score(score)]
+        if decisions:
+            line.extend([row[3], "yes" if row[4] else "no"])
         if expert_names:
             line.extend(format_score(p) for p in probabilities)
         body.append(line)

@@ -150,6 +150,10 @@ def _check_options(options: PredictOptions) -> None:
         raise state.PredictError(f"--workers must be 0 or more, got {options.workers}")
     if not options.max_aspect_ratio >= 1:
         raise state.PredictError(f"the maximum aspect ratio must be at least 1, got {options.max_aspect_ratio}")
+    if options.aggregator is not None:
+        from fdcore import registry
+
+        registry.get_aggregator(options.aggregator)  # a typo is reported now, not after loading the ensemble
 
 
 def build_binding(options: PredictOptions, ensemble: Ensemble, fusion: scoring.Fusion) -> dict:
@@ -386,9 +390,14 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, fusion: sc
     calibrated = fusion.calibrated
     if plan.work_dir.name == state.STAGING_DIR:
         plan.work_dir = state.promote(out_dir, plan.work_dir)
+    decides = bool(calibrated and ensemble.threshold)
+    split = scoring.disagreement(ensemble, fusion, probabilities)
     outputs.write_predictions(out_dir / "predictions.csv",
-                              [(row["name"], float(score), row["p"]) for row, score in zip(scored_rows, scores)],
-                              ensemble.names if options.per_expert else None, options.excel_safe)
+                              [(row["name"], float(score), row["p"], scoring.decision(float(score), ensemble.threshold)
+                                if decides else None, bool(split[index]))
+                               for index, (row, score) in enumerate(zip(scored_rows, scores))],
+                              ensemble.names if options.per_expert else None, options.excel_safe,
+                              calibrated=calibrated, decisions=decides)
     outputs.write_errors(out_dir / "errors.csv", error_rows, options.excel_safe)
     outputs.write_image_info(out_dir / "image_info.csv", [(row["name"], row.get("info", {})) for row in scored_rows],
                              options.excel_safe)
@@ -420,6 +429,7 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, fusion: sc
                             + (", calibrated (calibration.json)" if calibrated else ""),
         "calibrated": calibrated,
         "threshold": ensemble.threshold if calibrated else None,
+        "columns": _column_meanings(ensemble, calibrated, decides, options.per_expert),
         "counts": {key: getattr(summary, key) for key in ("images", "scored", "skipped", "ignored",
                                                            "processed_this_run", "reused")},
         "reasons": reasons,
@@ -433,6 +443,20 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, fusion: sc
     }
     outputs.write_meta(out_dir / "predictions.meta.json", meta)
     return summary
+
+
+def _column_meanings(ensemble: Ensemble, calibrated: bool, decides: bool, per_expert: bool) -> dict[str, str]:
+    meanings = {"image_name": "path relative to IMAGES",
+                "score": "fused P(AI-generated)" + (", calibrated" if calibrated else " (not calibrated)")}
+    if decides:
+        meanings["decision"] = ("ai if score >= threshold.value, real below it, inconclusive inside "
+                                "threshold.inconclusive [low, high) when set")
+        meanings["disagreement"] = ("yes when the experts, each calibrated and thresholded alone, fall on both sides "
+                                    "of the threshold")
+    if per_expert:
+        for name in ensemble.names:
+            meanings[outputs.per_expert_column(name, calibrated)] = f"expert {name}'s raw P(AI-generated)"
+    return meanings
 
 
 # -- the whole run ----------------------------------------------------------------------------------------------------

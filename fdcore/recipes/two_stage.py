@@ -141,6 +141,11 @@ def parse_args(argv=None) -> dict:
                         "OUTPUT_DIR/samples/ (one JSON line per sample and process)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no step progress bar (log.jsonl and the per-epoch lines are still written)")
+    # The real defaults live in DEFAULTS (a --config file may override them), so --help shows those, not None.
+    for action in parser._actions:
+        if action.dest in DEFAULTS and DEFAULTS[action.dest] not in (None, False, [], ""):
+            shown = DEFAULTS[action.dest]
+            action.help = f"{action.help or ''} [default: {shown}]".strip()
     args = parser.parse_args(argv)
 
     config = dict(DEFAULTS)

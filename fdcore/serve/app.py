@@ -130,16 +130,6 @@ def check_options(options: ServeOptions) -> list[bytes]:
     return keys
 
 
-def decision(score: float, threshold: dict | None) -> str | None:
-    """``ai`` / ``real`` at the ensemble's calibrated threshold, ``inconclusive`` inside its optional band."""
-    if not threshold or not math.isfinite(score):
-        return None
-    band = threshold.get("inconclusive")
-    if isinstance(band, (list, tuple)) and len(band) == 2 and band[0] <= score < band[1]:
-        return "inconclusive"
-    return "ai" if score >= float(threshold["value"]) else "real"
-
-
 class Metrics:
     """Prometheus metrics in the service's own registry (nothing global)."""
 
@@ -354,13 +344,16 @@ class Service:
                                               "the service is saturated, retry later") from None
             probabilities = np.stack(columns, axis=1)
             scores = self.fusion.scores(self.ensemble, probabilities)
+            split = scoring.disagreement(self.ensemble, self.fusion, probabilities)
+            decides = bool(self.fusion.calibrated and self.ensemble.threshold)
             for column, index in enumerate(accepted):
                 result = results[index]
                 result["probabilities"] = dict(zip(self.ensemble.names, probabilities[:, column].tolist()))
                 if math.isfinite(scores[column]):
                     result["score"] = float(scores[column])
-                    result["decision"] = decision(result["score"],
-                                                  self.ensemble.threshold if self.fusion.calibrated else None)
+                    result["decision"] = scoring.decision(result["score"],
+                                                          self.ensemble.threshold if self.fusion.calibrated else None)
+                    result["disagreement"] = bool(split[column]) if decides else None
                 else:
                     result["error"], result["detail"] = "non_finite_score", "an expert returned NaN or infinity"
         for result in results:
@@ -388,8 +381,8 @@ class Service:
     def _result(name: str, item) -> dict:
         from fdcore import scoring
 
-        result = {"name": name, "score": None, "decision": None, "probabilities": {}, "error": None, "detail": "",
-                  "notes": []}
+        result = {"name": name, "score": None, "decision": None, "disagreement": None, "probabilities": {},
+                  "error": None, "detail": "", "notes": []}
         if isinstance(item, scoring.Rejected):
             result["error"], result["detail"] = item.code, item.detail
         else:
