@@ -262,6 +262,21 @@ def _sections(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
         sections.append((f"Operating point: threshold {_number(validation.get('value'), 4)} chosen on validation "
                          f"for FPR <= {validation.get('target_fpr')}", rows))
 
+    decisions = metrics.get("decisions")
+    if decisions:
+        band = decisions.get("inconclusive")
+        rows = [["images", "decision", "real (n)", "AI-generated (n)"]]
+        for condition in (CLEAN, DEGRADED):
+            cell = decisions.get(condition)
+            if cell:
+                rows += [[condition, outcome, str(counts["real"]), str(counts["fake"])]
+                         for outcome, counts in cell["confusion"].items()]
+                rows.append([condition, "inconclusive share / TPR, FPR when decided",
+                             _number(cell.get("inconclusive_share")),
+                             f"{_number(cell.get('tpr_when_decided'))}, {_number(cell.get('fpr_when_decided'))}"])
+        sections.append((f"Calibrated decisions at threshold {_number(decisions.get('threshold'), 4)}"
+                         + (f", inconclusive band [{band[0]:g}, {band[1]:g})" if band else ""), rows))
+
     def group_rows(groups: dict[str, Any]) -> list[list[str]]:
         rows = [list(GROUP_COLUMNS)]
         for name, cell in groups.items():

@@ -8,6 +8,49 @@ from fdcore import registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TEST_PLUGINS = REPO_ROOT / "tests" / "plugins"
+
+
+def _discoverable_test_plugins() -> None:
+    """Make the test-only plugins (tests/plugins/*) discoverable to this test session and the processes it starts,
+    without installing them into the user's environment: each gets a ``.dist-info`` (its name, version and
+    ``fdcore`` entry points, read from its pyproject.toml) in a temporary directory put on ``sys.path`` and
+    ``PYTHONPATH``, next to its source folder. fdcore then finds it through the real entry-point path, exactly as
+    an installed plugin; a user's ``fdcore plugins`` never lists it."""
+    import atexit
+    import importlib
+    import importlib.metadata
+    import shutil
+    import tempfile
+    import tomllib
+
+    site = Path(tempfile.mkdtemp(prefix="fdcore-test-plugins-"))
+    atexit.register(shutil.rmtree, site, True)
+    paths = []
+    for source in sorted(path for path in TEST_PLUGINS.iterdir() if (path / "pyproject.toml").is_file()):
+        project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
+        try:
+            importlib.metadata.distribution(project["name"])
+            continue  # installed by an older set-up: that installation is used
+        except importlib.metadata.PackageNotFoundError:
+            pass
+        info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
+                                       f"Version: {project['version']}\n")
+        groups = project.get("entry-points", {})
+        (info / "entry_points.txt").write_text("".join(
+            f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in entries.items()) + "\n"
+            for group, entries in groups.items()))
+        paths.append(str(source))
+    if paths:
+        paths.append(str(site))
+        sys.path[:0] = paths
+        os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        importlib.invalidate_caches()
+
+
+_discoverable_test_plugins()
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +70,10 @@ def fdcore_command(*args, env=None, timeout=120, check=False):
     executable = Path(sys.executable).with_name("fdcore")
     command = [str(executable) if executable.exists() else sys.executable, *([] if executable.exists() else ["-m", "fdcore"])]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FDCORE_")}
-    full_env.update(env or {})
+    env = dict(env or {})
+    if "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):  # added to the suite's own (test plugins), not instead
+        env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], os.environ["PYTHONPATH"]])
+    full_env.update(env)
     result = subprocess.run([*command, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"fdcore {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

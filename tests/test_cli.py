@@ -181,3 +181,20 @@ def test_train_help_shows_the_recipe_defaults():
     for expected in ("--policy POLICY training degradation policy", "[default: featdistill]", "[default: 2]",
                      "[default: pretrained]"):
         assert expected in text, expected
+
+
+def test_a_user_lists_what_they_installed_not_the_test_only_plugins():
+    """The README's set-up does not install tests/plugins/*; only the suite makes them discoverable, for itself."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("FDCORE_")}
+    listed = subprocess.run([sys.executable, "-m", "fdcore", "list", "experts"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert listed.returncode == 0 and "clip" in listed.stdout and "npr" in listed.stdout
+    installed = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; m.distribution('fdcore-toy')"],
+                               capture_output=True, text=True, env=env, timeout=60)
+    if installed.returncode == 0:
+        pytest.skip("fdcore-toy is installed in this environment (an older set-up); uninstall it to check this")
+    assert "toy" not in listed.stdout.split() and "fdcore-toy" not in listed.stdout
+    with_suite = fdcore_command("list", "experts")
+    assert "fdcore-toy" in with_suite.stdout  # and the suite sees it through the real entry-point path

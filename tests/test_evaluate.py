@@ -209,6 +209,7 @@ def test_calibrated_decisions_with_an_inconclusive_band_in_predict_and_evaluate(
     invoke("evaluate", "--ensemble", str(toy_ensemble), "--data", str(small_folder), "--out", str(report),
            "--bootstrap", "0", "--workers", "0", "--quiet", "--copies", "0")
     decisions = json.loads((report / "metrics.json").read_text())["decisions"]
+    assert "Calibrated decisions at threshold" in (report / "report.md").read_text()
     clean = decisions["clean"]
     assert sum(sum(cell.values()) for cell in clean["confusion"].values()) == clean["n"] == len(rows)
     assert clean["confusion"]["ai"]["fake"] + clean["confusion"]["real"]["fake"] + \
