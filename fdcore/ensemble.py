@@ -155,10 +155,14 @@ class Ensemble:
         }
 
     # -- fusion -----------------------------------------------------------------------------------------------
-    def aggregator_for(self, name: str | None = None):
-        """The registered aggregator instance (``UnknownNameError`` lists the valid names)."""
+    def aggregator_for(self, name=None):
+        """The registered aggregator instance for ``name`` (``UnknownNameError`` lists the valid names); an
+        already resolved instance is returned as it is."""
         from fdcore import registry
+        from fdcore.interfaces import Aggregator
 
+        if isinstance(name, Aggregator):
+            return name
         return registry.get_aggregator(name or self.aggregator)
 
     def fusion_weights(self, aggregator, weights: Sequence[float] | None = None) -> list[float] | None:
@@ -217,7 +221,7 @@ class Ensemble:
             return False
         return (aggregator or self.aggregator) == self.calibrator.fitted_on.get("aggregator", self.aggregator)
 
-    def fuse(self, probabilities, aggregator: str | None = None, weights: Sequence[float] | None = None):
+    def fuse(self, probabilities, aggregator=None, weights: Sequence[float] | None = None):
         """Per-expert probabilities ``[n_experts, B]`` -> fused scores ``[B]`` (float64 numpy)."""
         import torch
 

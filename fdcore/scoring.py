@@ -63,6 +63,8 @@ def decode(source: Any, geometries: Sequence[Any], max_pixels: int | None = None
     from fdcore.images import load_image, open_image_file, prepare_pil
     from fdcore.preprocess import resize_for_geometries
 
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and not hasattr(source, "getpixel"):
+        raise TypeError(f"cannot score a {type(source).__name__}: pass a file path, encoded bytes or a PIL image")
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     max_aspect_ratio = max_aspect_ratio or DEFAULT_MAX_ASPECT_RATIO
     try:
@@ -73,21 +75,17 @@ def decode(source: Any, geometries: Sequence[Any], max_pixels: int | None = None
                 raise ImageRejected("empty_file", "the upload has zero bytes")
             loaded = load_image(bytes(source), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
             loaded.size_bytes = len(source)
-        elif hasattr(source, "getpixel"):
+        else:
             rgb, notes = prepare_pil(source)
             arrays = resize_for_geometries(rgb, geometries)
             return Decoded(arrays, {"format": getattr(source, "format", None) or "", "mode": source.mode,
                                     "width": source.width, "height": source.height, "n_frames": None,
                                     "notes": notes})
-        else:
-            raise TypeError(f"cannot score a {type(source).__name__}: pass a file path, encoded bytes or a PIL image")
         arrays = resize_for_geometries(loaded.image, geometries)
     except ImageRejected as exc:
         return Rejected(exc.code, exc.detail)
     except MemoryError:
         return Rejected("out_of_memory", "ran out of memory decoding")
-    except TypeError:
-        raise
     except Exception as exc:  # a decoder bug on one hostile file must not stop the others
         return Rejected("decode_failed", f"unexpected {type(exc).__name__}: {exc}")
     info = {"format": loaded.format, "mode": loaded.mode, "width": loaded.width, "height": loaded.height,
@@ -158,7 +156,7 @@ class Fusion:
             finite = np.isfinite(piece).all(axis=0)
             filled = np.full((piece.shape[0], FUSION_CHUNK), 0.5)
             filled[:, :taken] = np.where(finite, piece, 0.5)
-            fused = ensemble.fuse(filled, self.name, self.weights)[:taken]
+            fused = ensemble.fuse(filled, self.aggregator, self.weights)[:taken]
             out[start:start + taken] = np.where(finite, fused, np.nan)
         return out
 

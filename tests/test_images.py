@@ -286,3 +286,19 @@ def test_a_folder_swapped_for_a_link_after_listing_leads_nowhere(tmp_path):
     assert open_image_file(listed[1].path, root=listed[1].root).width == 20
     with pytest.raises(ImageRejected):  # a path that is not below the root is never opened
         open_beneath(root, outside / "deeper" / "a.jpg")
+
+
+def test_any_decoder_exception_costs_one_image_never_the_caller(monkeypatch):
+    """A Pillow plugin raising TypeError (or anything) on a hostile file is that file's decode_failed; only a caller
+    passing something that is not an image source gets the TypeError."""
+    import fdcore.images
+    from fdcore import scoring
+
+    def broken_decoder(*args, **kwargs):
+        raise TypeError("a plugin bug triggered by hostile bytes")
+
+    monkeypatch.setattr(fdcore.images, "load_image", broken_decoder)
+    rejected = scoring.decode(b"\x89PNG hostile", [])
+    assert isinstance(rejected, scoring.Rejected) and rejected.code == "decode_failed"
+    with pytest.raises(TypeError, match="cannot score a int"):
+        scoring.decode(42, [])

@@ -224,6 +224,9 @@ def test_open_inference_protocol_v2_shapes(served):
     status, body, _ = server.request("POST", "/v2/models/other/infer", json.dumps(payload),
                                      {"Content-Type": "application/json"})
     assert status == 404 and json.loads(body)["error"]["code"] == "unknown_model"
+    status, body, _ = server.request("POST", f"/v2/models/{name}/infer", "[" * 200_000,
+                                     {"Content-Type": "application/json"})  # nested past the JSON parser's depth
+    assert status == 400 and json.loads(body)["error"]["code"] == "bad_request"
     bad = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["aGk="]}]}
     status, body, _ = server.request("POST", f"/v2/models/{name}/infer", json.dumps(bad),
                                      {"Content-Type": "application/json"})
@@ -295,6 +298,9 @@ def test_refuses_to_expose_an_unauthenticated_service_and_bad_key_files(served, 
     weak.write_text("short\n")
     result = fdcore_command("serve", "--ensemble", str(served["ensemble"]), "--api-key-file", str(weak), timeout=60)
     assert result.returncode == 2 and "key 1" in result.stderr
+    result = fdcore_command("serve", "--ensemble", str(served["ensemble"]), "--access-log",
+                            str(tmp_path / "missing" / "access.jsonl"), "--port", str(free_port()), timeout=60)
+    assert result.returncode == 2 and "--access-log" in result.stderr and "Traceback" not in result.stderr
     result = fdcore_command("serve", "--ensemble", str(served["ensemble"]), "--aggregator", "rank-mean",
                             "--port", str(free_port()), timeout=120)
     assert result.returncode == 2 and "rank-mean" in result.stderr and "Traceback" not in result.stderr

@@ -368,8 +368,9 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, fusion: sc
     logs = worklog.read_logs(plan.work_dir)
     results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members))
     changed = _changed_after_listing(logs.rows, plan.walk.candidates, results)
-    plan.walk.candidates = [changed.get(candidate.name, candidate) for candidate in plan.walk.candidates]
-    results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members))
+    if changed:
+        plan.walk.candidates = [changed.get(candidate.name, candidate) for candidate in plan.walk.candidates]
+        results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members))
     logged = {row["name"] for row in logs.rows}
     scored_rows = [results[c.name] for c in plan.walk.candidates if c.name in results
                    and results[c.name]["status"] == "ok"]

@@ -183,7 +183,11 @@ class Service:
         if options.access_log == "-":
             self.log_stream = sys.stderr
         elif options.access_log:
-            self.log_stream = open(options.access_log, "a", encoding="utf-8", buffering=1)
+            try:
+                self.log_stream = open(options.access_log, "a", encoding="utf-8", buffering=1)
+            except OSError as exc:
+                raise ServeError(f"--access-log {options.access_log}: cannot append to it ({exc.strerror or exc}); "
+                                 "pass a writable file, '-' for stderr or '' for none") from None
         self._log_lock = threading.Lock()
 
     # -- start-up ---------------------------------------------------------------------------------------------
@@ -477,7 +481,7 @@ async def multipart_uploads(headers, body: bytes, service: Service) -> list[tupl
     try:
         for field, value in form.multi_items():
             if isinstance(value, UploadFile):
-                uploads.append((value.filename or field, await value.read(), None))
+                uploads.append(((value.filename or field)[:255], await value.read(), None))
     finally:
         await form.close()
     return uploads
@@ -679,6 +683,8 @@ def create_app(options: ServeOptions, keys: list[bytes] | None = None, ensemble=
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise Refusal(400, "bad_request", f"the body is not JSON: {exc}") from None
+        except RecursionError:  # "[[[[..." nested past the parser's depth: hostile, not a server error
+            raise Refusal(400, "bad_request", "the JSON body is nested too deeply") from None
         inputs = payload.get("inputs") if isinstance(payload, dict) else None
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             raise Refusal(400, "bad_request", "expected {'inputs': [{'name': 'image', 'datatype': 'BYTES', "
