@@ -51,6 +51,8 @@ _LAZY = {
     "HFVisionExpert": "fdcore.hf_expert",
     "load_featdistill_release": "fdcore.featdistill",
     "load_ensemble": "fdcore.ensemble_io",
+    "push_ensemble": "fdcore.hub",
+    "pull_ensemble": "fdcore.hub",
     "compute_metrics": "fdcore.metrics",
     "Calibration": "fdcore.calibration",
     "fit_calibration": "fdcore.calibration",

@@ -26,7 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                   "Fit calibration and a threshold at a target FPR on validation data; store with the ensemble."),
     "data": ("fdcore.commands.data:command", "Inspect labelled data: bias check of formats, JPEG quality, sizes, EXIF."),
     "expert": ("fdcore.commands.expert:command", "Inspect expert/ensemble directories; import FeatDistill release files."),
-    "ensemble": ("fdcore.commands.ensemble:command", "Assemble trained experts into an ensemble; inspect one."),
+    "ensemble": ("fdcore.commands.ensemble:command",
+                 "Assemble trained experts into an ensemble; inspect one; push it to / pull it from the Hub."),
     "serve": ("fdcore.commands.serve:command", "Serve an ensemble over HTTP (dynamic batching, auth, metrics, KServe v2)."),
     "degrade": ("fdcore.commands.degrade:command", "Degrade a folder with a policy or one operator; contact sheet of all operators."),
 }

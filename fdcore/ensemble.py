@@ -91,6 +91,13 @@ def _sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def ensemble_identity(kind: str, members: Sequence[tuple[str, float, str]], calibration: str | None) -> str:
+    """The identity of an ensemble: its kind, each member's ``(name, weight, identity)`` in order, and the SHA-256
+    of its calibration file (None without one). Nothing else (cards, model cards, the default aggregator) is in it."""
+    return _sha256_json({"kind": kind, "members": [[name, weight, identity] for name, weight, identity in members],
+                         "calibration": calibration})
+
+
 class Ensemble:
     """Experts plus a default fusion rule; scores PIL images or files.
 
@@ -122,8 +129,7 @@ class Ensemble:
         self.calibrator = calibrator  # fdcore.calibration.Calibration fitted on this ensemble's fused scores
         self.threshold = threshold
         self.scoring_chunk = int(scoring_chunk or SCORING_CHUNK)
-        self.identity = _sha256_json({"kind": kind, "members": [[m.name, m.weight, m.identity] for m in members],
-                                      "calibration": calibration})
+        self.identity = ensemble_identity(kind, [(m.name, m.weight, m.identity) for m in members], calibration)
         self.geometries = []
         self._geometry_of_member = []
         keys = []

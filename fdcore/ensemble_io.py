@@ -167,13 +167,35 @@ def read_ensemble_json(directory) -> dict:
 
 
 def inside(directory: Path, relative: str, what: str) -> Path:
-    """``directory / relative`` after checking that it resolves inside ``directory`` (symbolic links included)."""
+    """``directory / relative`` after checking that it resolves inside ``directory`` (symbolic links included). In
+    a snapshot of the Hugging Face cache, whose files are links to their repo's blobs, a file may also resolve to a
+    blob of that same repo (:func:`fdcore.hub.is_cached_blob`), and nowhere else."""
+    from fdcore.hub import is_cached_blob
+
     root = Path(directory).resolve()
     target = (Path(directory) / relative).resolve()
-    if target != root and root not in target.parents:
+    if target != root and root not in target.parents and not is_cached_blob(root, target):
         raise EnsembleError(f"{what} {relative!r} of {directory} resolves to {target}, outside the ensemble folder "
                             "(a symbolic link?); an ensemble must hold its experts and files itself")
     return Path(directory) / relative
+
+
+def ensemble_files(directory) -> list[str]:
+    """Every file an fdcore ensemble directory consists of, as relative POSIX paths: ensemble.json, its calibration
+    file, and each member's manifest.json with the files that manifest lists. Nothing else in the directory is ever
+    read, so this is what a copy, an upload or a download must hold."""
+    from fdcore.expert_io import MANIFEST_FILE, read_manifest
+
+    directory = Path(directory)
+    document = read_ensemble_json(directory)
+    files = [ENSEMBLE_FILE]
+    if document.get("calibration"):
+        inside(directory, document["calibration"], "calibration")
+        files.append(document["calibration"])
+    for spec in document["experts"]:
+        manifest = read_manifest(inside(directory, spec["path"], "expert"))
+        files += [f"{spec['path']}/{MANIFEST_FILE}", *(f"{spec['path']}/{name}" for name in sorted(manifest["files"]))]
+    return list(dict.fromkeys(files))
 
 
 def featdistill_files(directory) -> list[str]:
@@ -189,11 +211,14 @@ def featdistill_files(directory) -> list[str]:
 def load_ensemble(path, device: str | None = "auto", precision: str | None = None,
                   skip_hash_check: bool = False, expert_config: dict | None = None,
                   scoring_chunk: int | None = None) -> Ensemble:
-    """Load an ensemble directory, a single fdcore expert directory, or a FeatDistill release folder.
+    """Load an ensemble directory, a single fdcore expert directory, a FeatDistill release folder, or an ensemble on
+    the Hugging Face Hub.
 
     Args:
         path: a directory with ``ensemble.json``, with ``expert.json`` (a one-expert ensemble), or with
-            ``Expert_<n>_<tag>.pth`` files (FeatDistill release: mean of the experts' P(fake)).
+            ``Expert_<n>_<tag>.pth`` files (FeatDistill release: mean of the experts' P(fake)); or
+            ``hf://ORG/NAME[@REVISION]``, fetched into the Hugging Face cache and verified file by file
+            (:func:`fdcore.hub.resolve_ensemble`; offline with ``HF_HUB_OFFLINE=1`` once cached).
         device: ``auto`` (GPU when visible), ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16`` or ``fp16`` (default fp32 on CPU, fp16 on GPU): weights are cast to it;
             ``int8`` (CPU only): linear layers dynamically quantised, see :mod:`fdcore.int8`.
@@ -206,8 +231,9 @@ def load_ensemble(path, device: str | None = "auto", precision: str | None = Non
             a time (no padding), and is then equally reproducible.
     """
     from fdcore.expert_io import CONFIG_FILE, load_expert_with_identity
+    from fdcore.hub import resolve_ensemble
 
-    directory = Path(path)
+    directory = Path(resolve_ensemble(path))
     if not directory.is_dir():
         raise EnsembleError(f"ensemble {directory} does not exist or is not a directory; pass a folder holding "
                             f"{ENSEMBLE_FILE}, an fdcore expert (expert.json) or a FeatDistill release (Expert_*.pth)")

@@ -190,6 +190,52 @@ def decision_counts(records: list[dict], threshold: dict) -> dict:
     return {"threshold": threshold.get("value"), "inconclusive": threshold.get("inconclusive"), **result}
 
 
+class _AtThreshold:
+    """An ensemble seen at a plain threshold on its fused score's scale, for an evaluation without a stored one: the
+    members go through the calibration only when the fusion applies it (what :func:`fdcore.scoring.disagreement`
+    needs from an ensemble)."""
+
+    def __init__(self, ensemble, fusion, value: float):
+        self.members = ensemble.members
+        self.threshold = {"value": float(value)}
+        self._ensemble, self._calibrated = ensemble, fusion.calibrated
+
+    def calibrated(self, scores, aggregator: str | None = None):
+        if self._calibrated:
+            return self._ensemble.calibrated(scores, aggregator)
+        return np.asarray(scores, dtype=np.float64), False
+
+
+def member_agreement(ensemble, fusion, records: list[dict], threshold: float) -> dict | None:
+    """How the members agree across the decision threshold, per condition: how often they split (members on both
+    sides: :func:`fdcore.scoring.disagreement`, predict's disagreement column) and how often each member alone sits on
+    the other side from the ensemble's fused score. The threshold is the ensemble's calibrated one when the fusion
+    uses it, else ``threshold`` on the fused score's scale. None for a one-member ensemble."""
+    from fdcore.scoring import disagreement
+
+    names = list(ensemble.names)
+    if len(names) < 2 or not records:
+        return None
+    judge, rule = ensemble, fusion
+    if not (fusion.calibrated and ensemble.threshold):
+        judge, rule = _AtThreshold(ensemble, fusion, threshold), dataclasses.replace(fusion, calibrated=True)
+    probabilities = np.array([[record[f"expert:{name}"] for record in records] for name in names], dtype=np.float64)
+    fused = np.array([record["raw_score"] for record in records], dtype=np.float64)
+    split = disagreement(judge, rule, probabilities)
+    # a member against the ensemble: the same rule over two rows, the member and the fused score
+    against = {name: disagreement(judge, rule, np.stack([probabilities[row], fused]))
+               for row, name in enumerate(names)}
+    conditions = np.array([record["condition"] for record in records], dtype=object)
+    result = {"threshold": float(judge.threshold["value"]), "calibrated": bool(fusion.calibrated),
+              "rule": "a member is called AI-generated when its probability, put through the ensemble's calibration "
+                      "when the fusion applies it, is >= threshold"}
+    for condition in sorted(set(conditions)):
+        mask = conditions == condition
+        result[condition] = {"n": int(mask.sum()), "members_split": int(split[mask].sum()),
+                             "other_side": {name: int(against[name][mask].sum()) for name in names}}
+    return result
+
+
 def load_rows(data: Sequence[str] | str, seed: int = 0, max_images: int | None = None):
     """Every labelled row of a data spec once (weights ignored), optionally a seeded stratified subset."""
     from fdcore.data import resolve_data_spec
@@ -257,6 +303,7 @@ def run_evaluation(ensemble_path, data, out_dir, plan: VariantPlan, aggregator: 
                               operating_point=operating_point)
     if operating_point is not None:
         metrics["decisions"] = decision_counts(records, operating_point)
+    metrics["agreement"] = member_agreement(ensemble, fusion, records, metrics["settings"]["threshold"])
     metrics["evaluation"] = {
         "ensemble": ensemble.describe(),
         "aggregator": aggregator or ensemble.aggregator,

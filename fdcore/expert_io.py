@@ -488,6 +488,23 @@ def load_expert_with_identity(directory, device: str = "cpu", dtype=None):
     return expert.to(device), manifest_identity(manifest)
 
 
+def copy_checked(origin: Path, destination: Path, entry: dict) -> bool:
+    """Copy ``origin`` to the new file ``destination`` (flushed to disk), hashing the very bytes written; True when
+    their size and SHA-256 are those of the manifest ``entry`` (``{"size_bytes", "sha256"}``). The copy stops as
+    soon as it outgrows the entry; the caller removes a copy that does not match."""
+    digest, size = hashlib.sha256(), 0
+    with open(origin, "rb") as reader, open(destination, "xb") as writer:
+        while chunk := reader.read(1 << 24):
+            digest.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+            if size > entry["size_bytes"]:
+                break
+        writer.flush()
+        os.fsync(writer.fileno())
+    return size == entry["size_bytes"] and digest.hexdigest() == entry["sha256"]
+
+
 def copy_verified_expert(source, target) -> Path:
     """Copy an expert directory's manifest and every file it lists to ``target`` (which must not exist), checking
     each copy's size and SHA-256 against the manifest on the bytes written; files the manifest does not list are not
@@ -501,17 +518,7 @@ def copy_verified_expert(source, target) -> Path:
             if origin.is_symlink() or not origin.is_file():
                 raise ExpertFormatError(f"{origin} is listed in {source / MANIFEST_FILE} but is missing or not a "
                                         "regular file")
-            digest, size = hashlib.sha256(), 0
-            with open(origin, "rb") as reader, open(target / name, "xb") as writer:
-                while chunk := reader.read(1 << 24):
-                    digest.update(chunk)
-                    writer.write(chunk)
-                    size += len(chunk)
-                    if size > entry["size_bytes"]:
-                        break
-                writer.flush()
-                os.fsync(writer.fileno())
-            if size != entry["size_bytes"] or digest.hexdigest() != entry["sha256"]:
+            if not copy_checked(origin, target / name, entry):
                 raise ExpertFormatError(f"{origin} does not match {source / MANIFEST_FILE} (size or SHA-256 "
                                         "differs): the expert is corrupt or was modified; re-export it")
         _write_json(target / MANIFEST_FILE, manifest)

@@ -2,8 +2,8 @@
 
 Every caller goes through these three steps, so a score cannot depend on who asked for it:
 
-* :func:`decode` — a file (opened with :func:`fdcore.images.open_image_file`, beneath its listed root), encoded
-  bytes (an upload) or a caller's PIL image -> :class:`Decoded` (the resized ``uint8`` arrays, one per geometry) or
+* :func:`decode` — a file (opened with :func:`fdcore.images.open_image_file`, beneath its listed root), a URL
+  (fetched by :mod:`fdcore.remote`), encoded bytes (an upload) or a caller's PIL image -> :class:`Decoded` (the resized ``uint8`` arrays, one per geometry) or
   :class:`Rejected` (a reason code from docs/predict.md). Never raises for a bad image.
 * :func:`expert_probabilities` — decoded images -> P(AI-generated) per expert ``[n_experts, B]``. Each expert runs on
   fixed chunks (:meth:`fdcore.Ensemble.probabilities_from_resized`), so the result for an image does not depend on
@@ -53,7 +53,9 @@ def decode(source: Any, geometries: Sequence[Any], max_pixels: int | None = None
     """Decode one untrusted image and resize it for every geometry; never raises for a bad image.
 
     Args:
-        source: a resolved file path (str or PathLike), encoded bytes, or an opened PIL image.
+        source: a resolved file path (str or PathLike), encoded bytes, a :class:`fdcore.remote.RemoteImage` (fetched
+            under its policy; fetch failures are rejections with the codes of :mod:`fdcore.remote`), or an opened PIL
+            image.
         geometries: the ensemble's :attr:`fdcore.Ensemble.geometries`.
         max_pixels / max_aspect_ratio: the pixel limits (defaults as ``fdcore predict``); not applied to a PIL
             image, which the caller has already decoded.
@@ -62,12 +64,17 @@ def decode(source: Any, geometries: Sequence[Any], max_pixels: int | None = None
     """
     from fdcore.images import load_image, open_image_file, prepare_pil
     from fdcore.preprocess import resize_for_geometries
+    from fdcore.remote import RemoteImage, fetch_bytes
 
-    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and not hasattr(source, "getpixel"):
-        raise TypeError(f"cannot score a {type(source).__name__}: pass a file path, encoded bytes or a PIL image")
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview, RemoteImage)) and \
+            not hasattr(source, "getpixel"):
+        raise TypeError(f"cannot score a {type(source).__name__}: pass a file path, encoded bytes, a "
+                        "fdcore.remote.RemoteImage or a PIL image")
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     max_aspect_ratio = max_aspect_ratio or DEFAULT_MAX_ASPECT_RATIO
     try:
+        if isinstance(source, RemoteImage):
+            source = fetch_bytes(source.uri, source.policy)
         if isinstance(source, (str, os.PathLike)):
             loaded = open_image_file(source, max_pixels, max_aspect_ratio, root=root)
         elif isinstance(source, (bytes, bytearray, memoryview)):

@@ -34,14 +34,17 @@ IGNORED_CODES = frozenset({"ignored_extension", "appledouble_companion"})
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """An image file to score: ``name`` is its POSIX path relative to the root, ``path`` the resolved file, ``root``
-    the resolved folder it was listed under (opening walks from there without following links)."""
+    """An image to score: ``name`` is its key (a folder's POSIX path relative to the root; a manifest's id or
+    location), ``path`` the resolved file, ``root`` the resolved folder it was listed under (opening walks from there
+    without following links), ``uri`` the URL of a remote image (fetched by :mod:`fdcore.remote`; its size and
+    mtime are unknown until read, ``-1`` and ``0``)."""
 
     name: str
     path: str
     size: int
     mtime_ns: int
     root: str | None = None
+    uri: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@ EXPECTED maps each relative name to ("score", None), ("skip", reason) or ("ignor
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import struct
@@ -254,3 +255,18 @@ def make_toy_ensemble(directory: Path, seeds=(1, 2), weights=None, aggregator: s
         members.append({"name": name, "path": name, "weight": (weights or [1.0] * len(seeds))[index]})
     write_ensemble(directory, members, aggregator=aggregator)
     return directory
+
+
+def read_csv(path) -> list[dict]:
+    """The rows of one of predict's CSV outputs, as dicts."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def scoring_options(images, ensemble, out, **options):
+    """PredictOptions as the manifest and Ray tests use them: quiet, in-process decoding, per-expert columns."""
+    from fdcore.predict import PredictOptions
+
+    for key, value in (("quiet", True), ("workers", 0), ("per_expert", True)):
+        options.setdefault(key, value)
+    return PredictOptions(images=str(images), ensemble=str(ensemble), out=str(out), **options)

@@ -162,7 +162,7 @@ def test_manifest_errors_name_file_line_and_value(tmp_path):
         read_manifest(str(bad))
     header = tmp_path / "header.csv"
     header.write_text("file,label\na.jpg,1\n", encoding="utf-8")
-    with pytest.raises(DataError, match=rf"{header} has no 'path' column"):
+    with pytest.raises(DataError, match=rf"{header}: no path column \(have: file, label\)"):
         read_manifest(str(header))
     empty_path = tmp_path / "empty_path.csv"
     empty_path.write_text("path,label\n,1\n", encoding="utf-8")

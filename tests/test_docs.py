@@ -22,7 +22,7 @@ def test_readme_setup_block_is_what_ci_runs():
     assert len(lines) == 2, lines
     install, test = lines
     assert install.startswith("python3 -m venv .venv && ") and install.endswith("&& .venv/bin/fdcore demo")
-    for package in ('".[dev,serve]"', "./experts/clip", "./experts/siglip", "./experts/npr"):
+    for package in ('".[dev,serve,ray]"', "./experts/clip", "./experts/siglip", "./experts/npr"):
         assert package in install
     assert "tests/plugins" not in install  # test-only plugins stay out of a user's installation
     assert "pytest" in test

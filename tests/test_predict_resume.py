@@ -422,7 +422,7 @@ def test_a_file_rewritten_between_listing_and_reading_is_scored_as_read(folder, 
     for path in sorted(folder.iterdir())[:4]:
         (images / path.name).write_bytes(path.read_bytes())
     target = images / "img_01.jpg"
-    listed_walk = runner.walk_images
+    listed_walk = runner.list_input
 
     def walk_then_rewrite(*args, **kwargs):
         walked = listed_walk(*args, **kwargs)
@@ -431,7 +431,7 @@ def test_a_file_rewritten_between_listing_and_reading_is_scored_as_read(folder, 
         os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
         return walked
 
-    monkeypatch.setattr(runner, "walk_images", walk_then_rewrite)
+    monkeypatch.setattr(runner, "list_input", walk_then_rewrite)
     summary = run(images, toy_ensemble, tmp_path / "out")
     assert summary.exit_code == EXIT_COMPLETE and summary.scored == 4, summary
     monkeypatch.undo()
@@ -455,8 +455,8 @@ def test_a_file_rewritten_after_listing_and_again_after_reading_is_file_changed(
         target.write_bytes(corpus.jpeg_bytes(corpus.photo(seed, 36, 44)))
         os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
 
-    listed_walk, original_finalise = runner.walk_images, runner.finalise
-    monkeypatch.setattr(runner, "walk_images", lambda *a, **k: (listed_walk(*a, **k), rewrite(997))[0])
+    listed_walk, original_finalise = runner.list_input, runner.finalise
+    monkeypatch.setattr(runner, "list_input", lambda *a, **k: (listed_walk(*a, **k), rewrite(997))[0])
     monkeypatch.setattr(runner, "finalise", lambda *a, **k: (rewrite(998), original_finalise(*a, **k))[1])
     summary = run(images, toy_ensemble, tmp_path / "out")
     assert summary.reasons == {"file_changed": 1} and summary.scored == 3 and summary.exit_code == 3

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from fdcore.commands import EnsembleParamType
 from fdcore.ensemble import PRECISIONS
 
 
@@ -62,8 +63,10 @@ def _progress(quiet, what):
 
 
 @click.command("evaluate")
-@click.option("--ensemble", "ensemble_path", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Ensemble directory, fdcore expert directory or FeatDistill release.")
+@click.option("--ensemble", "ensemble_path", required=True,
+              type=EnsembleParamType(click.Path(exists=True, file_okay=False)),
+              help="Ensemble directory, fdcore expert directory, FeatDistill release, or hf://ORG/NAME[@REVISION] "
+                   "(docs/hub.md).")
 @click.option("--data", "data", required=True, multiple=True,
               help="Labelled data: folder with real/ and fake/, CSV/JSONL manifest, hub:ID, disk:PATH or YAML spec.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -129,7 +132,11 @@ def _parse_band(ctx, param, value):
 
 
 @click.command("calibrate")
-@click.option("--ensemble", "ensemble_path", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--ensemble", "ensemble_path", required=True,
+              type=EnsembleParamType(click.Path(exists=True, file_okay=False), hub=False, hub_refusal=(
+                  "{uri}: calibrate writes calibration.json into the ensemble folder, and a Hub snapshot in the "
+                  "cache is read-only; copy it first with `fdcore ensemble pull {short} --to DIR`, calibrate DIR, "
+                  "then push DIR")),
               help="fdcore ensemble directory; calibration.json is written into it.")
 @click.option("--data", "data", required=True, multiple=True,
               help="Labelled VALIDATION data (never the test set).")

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import click
 
+from fdcore.commands import EnsembleParamType
 from fdcore.ensemble import PRECISIONS
 from fdcore.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 
 
 @click.command("serve")
-@click.option("--ensemble", required=True, type=click.Path(path_type=str),
-              help="Ensemble folder (ensemble.json), one fdcore expert folder, or a FeatDistill release folder.")
+@click.option("--ensemble", required=True, type=EnsembleParamType(),
+              help="Ensemble folder (ensemble.json), one fdcore expert folder, a FeatDistill release folder, or "
+                   "hf://ORG/NAME[@REVISION] (docs/hub.md).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback needs --api-key-file (or --insecure-no-auth).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)

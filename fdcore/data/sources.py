@@ -13,10 +13,8 @@ Every source yields the same columns, so that sources can be mixed and every con
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import json
 import math
 import os
 from typing import Any, Iterable, Sequence
@@ -28,7 +26,8 @@ CLASS_FOLDERS = {"real": 0, "0_real": 0, "fake": 1, "1_fake": 1}
 # Label spellings accepted in manifests and dataset columns (compared lower-cased, stripped).
 REAL_LABELS = frozenset({"0", "real", "authentic"})
 FAKE_LABELS = frozenset({"1", "fake", "ai", "generated", "ai-generated", "synthetic"})
-MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl"}
+# Labelled manifests (a text manifest has no labels); read by fdcore.data.manifest.
+MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COLUMNS = ("path", "image", "label", "generator", "source")
 MISSING_POLICIES = ("error", "skip")
 _MISSING_SHOWN = 5
@@ -125,72 +124,33 @@ def scan_folder(root: str, generator: str | None = None) -> SourceListing:
     return SourceListing(records, dict(sorted(skipped.items())))
 
 
-def _manifest_rows(path: str) -> Iterable[tuple[int, dict]]:
-    kind = MANIFEST_SUFFIXES.get(os.path.splitext(path)[1].lower())
-    if kind is None:
-        raise DataError(f"{path}: a manifest must end in .csv or .jsonl")
-    try:
-        handle = open(path, newline="" if kind == "csv" else None, encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
-    with handle:
-        try:
-            if kind == "csv":
-                reader = csv.DictReader(handle)
-                if reader.fieldnames is None:
-                    raise DataError(f"manifest {path} is empty; its first line must be a header with path,label")
-                header = [name.strip().lower() for name in reader.fieldnames]
-                for required in ("path", "label"):
-                    if required not in header:
-                        raise DataError(f"manifest {path} has no {required!r} column (header: {', '.join(reader.fieldnames)});"
-                                        " the header must include path,label (optional: generator,source)")
-                reader.fieldnames = header
-                for row in reader:
-                    if None in row:
-                        raise DataError(f"{path}, line {reader.line_num}: more fields than the header has")
-                    yield reader.line_num, row
-            else:
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
-                    if not isinstance(row, dict):
-                        raise DataError(f"{path}, line {number}: expected a JSON object with path and label, "
-                                        f"got {type(row).__name__}")
-                    yield number, {str(key).lower(): value for key, value in row.items()}
-        except UnicodeDecodeError as exc:
-            raise DataError(f"manifest {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
 def read_manifest(path: str, missing: str = "error", generator: str | None = None) -> SourceListing:
-    """Rows of a CSV or JSONL manifest (``path,label[,generator,source]``; other columns are ignored).
+    """Rows of a labelled manifest (CSV, JSONL or Parquet: ``path,label[,generator,source]``; other columns are
+    ignored), read by :func:`fdcore.data.manifest.manifest_rows`.
 
-    Relative paths are relative to the manifest's folder. ``missing="error"`` refuses a manifest naming files
-    that do not exist (listing the first few); ``missing="skip"`` drops and counts them.
+    Relative paths are relative to the manifest's folder; a URL (``https://``, ``s3://``...) is kept as the row's
+    path and fetched when the image is read (:mod:`fdcore.remote`). ``missing="error"`` refuses a manifest naming
+    local files that do not exist (listing the first few); ``missing="skip"`` drops and counts them.
     """
+    from fdcore.data.manifest import manifest_rows, resolve_location, row_location
+
     if missing not in MISSING_POLICIES:
         raise DataError(f"missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
     if not os.path.isfile(path):
         raise DataError(f"manifest {path} does not exist")
     base = os.path.dirname(os.path.abspath(path))
     records: list[dict] = []
-    absent: list[tuple[int, str]] = []
+    absent: list[tuple[str, str]] = []
     seen_lines = 0
-    for number, row in _manifest_rows(path):
+    for where, row in manifest_rows(path, required=("location", "label")):
         seen_lines += 1
-        where = f"{path}, line {number}"
-        raw_path = row.get("path")
-        if not isinstance(raw_path, str) or not raw_path.strip():
-            raise DataError(f"{where}: empty or missing path {raw_path!r}")
+        raw_path = row_location(row, where)
         if "label" not in row or row["label"] is None:
             raise DataError(f"{where}: no label; use 0 (real) or 1 (AI-generated)")
         label = parse_label(row["label"], where)
-        file_path = os.path.normpath(os.path.join(base, raw_path.strip()))
-        if not os.path.isfile(file_path):
-            absent.append((number, raw_path))
+        kind, file_path = resolve_location(raw_path, base)
+        if kind == "local" and not os.path.isfile(file_path):
+            absent.append((where.rsplit(", ", 1)[-1], raw_path))
             continue
         row_generator = row.get("generator")
         record = {"path": file_path, "label": label,
@@ -204,7 +164,7 @@ def read_manifest(path: str, missing: str = "error", generator: str | None = Non
     skipped = {}
     if absent:
         if missing == "error":
-            shown = "; ".join(f"line {number}: {name}" for number, name in absent[:_MISSING_SHOWN])
+            shown = "; ".join(f"{line}: {name}" for line, name in absent[:_MISSING_SHOWN])
             more = f" and {len(absent) - _MISSING_SHOWN} more" if len(absent) > _MISSING_SHOWN else ""
             raise DataError(f"manifest {path}: {len(absent)} listed file(s) do not exist ({shown}{more}); fix the paths "
                             "(relative paths are relative to the manifest's folder) or skip them with --skip-missing "

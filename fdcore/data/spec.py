@@ -393,9 +393,10 @@ def _detect_kind(path: str) -> str:
     if suffix in SPEC_SUFFIXES:
         return "spec"
     if not os.path.exists(path):
-        raise DataError(f"data path {path} does not exist; pass a folder with real/ and fake/ sub-folders, a CSV/JSONL "
+        raise DataError(f"data path {path} does not exist; pass a folder with real/ and fake/ sub-folders, a CSV/JSONL/Parquet "
                         "manifest, a YAML data spec, hub:ORG/NAME or disk:DIR")
-    raise DataError(f"{path}: not a folder, a manifest (.csv, .jsonl) or a data spec (.yaml, .yml)")
+    raise DataError(f"{path}: not a folder, a manifest ({', '.join(sorted(MANIFEST_SUFFIXES))}) or a data spec "
+                    "(.yaml, .yml)")
 
 
 def _default_name(kind: str, location: str) -> str:

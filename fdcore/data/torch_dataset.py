@@ -67,7 +67,12 @@ def _as_preprocessing(item: Any, key: str) -> Preprocessing:
 
 
 def load_row_image(row: Mapping[str, Any]):
-    """The RGB PIL image of a source row: embedded bytes when the row has them, else the file at its path."""
+    """The RGB PIL image of a source row: embedded bytes when the row has them, else the file at its path, or the
+    object at its URL (fetched by :mod:`fdcore.remote` with the default limits; ``FDCORE_ALLOW_PRIVATE_URLS=1``
+    admits private addresses)."""
+    from fdcore.images import ImageRejected
+    from fdcore.remote import fetch_bytes, from_environment as remote_policy, is_remote
+
     path = row.get("path")
     image = row.get("image")
     if isinstance(image, Mapping):
@@ -75,6 +80,12 @@ def load_row_image(row: Mapping[str, Any]):
             return open_image_rgb(data=image["bytes"], name=path)
         if image.get("path") and os.path.isfile(image["path"]):
             return open_image_rgb(path=image["path"])
+    if isinstance(path, str) and is_remote(path):
+        try:
+            data = fetch_bytes(path, remote_policy())
+        except ImageRejected as exc:
+            raise DataError(f"image {path} refused: {exc}") from None
+        return open_image_rgb(data=data, name=path)
     if not isinstance(path, str) or not os.path.isfile(path):
         raise DataError(f"{path!r}: the row has no image bytes and no such file exists")
     return open_image_rgb(path=path)

@@ -1,9 +1,10 @@
-"""``fdcore predict``: score every image under a folder with an ensemble, resumably and fault-tolerantly.
+"""``fdcore predict``: score every image under a folder or named by a manifest, resumably and fault-tolerantly.
 
 The flow of one run (see docs/predict.md for the user-facing contract):
 
 1. lock ``OUT_DIR/.lock`` (rank 0), load the ensemble, build the binding and check it against the work directory;
-2. list the inputs (:func:`fdcore.walk.walk_images`) and keep those with no result for their current size+mtime;
+2. list the inputs (:func:`fdcore.data.manifest.list_input`: a folder or a manifest) and keep those with no result
+   for their current size+mtime (a URL's result is kept whatever the object's size: it is matched on its key);
 3. decode + resize in DataLoader workers (each image decoded once, resized once per distinct expert geometry)
    while the main process runs the experts; each batch's outcomes are appended to the work log at once;
 4. merge every work log into the sorted final files, fusing per-expert probabilities with the aggregator over the
@@ -22,18 +23,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from fdcore.ensemble import Ensemble, resolve_device, resolve_precision
 from fdcore.ensemble_io import load_ensemble
 from fdcore import scoring
+from fdcore.data.manifest import list_input
 from fdcore.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PIXEL_POLICY_VERSION
 from fdcore.predict import outputs, state, worklog
 from fdcore.predict.distributed import ProcessGroup, process_group, shard
 from fdcore.provenance import package_versions, plugin_set
-from fdcore.walk import Candidate, WalkResult, walk_images
+from fdcore.remote import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, TRANSIENT_CODES, FetchPolicy, RemoteImage
+from fdcore.walk import Candidate, WalkResult
 
 EXIT_COMPLETE = 0
 EXIT_USER_ERROR = 2
@@ -43,7 +46,7 @@ EXIT_SIGNAL_BASE = 128
 FORMAT_NAME = "fdcore-predictions"
 FORMAT_VERSION = 1
 # Failures that may not happen again (the file or the machine may have been fixed): retried on every run.
-RETRIED_CODES = frozenset({"read_failed", "out_of_memory", "worker_failed"})
+RETRIED_CODES = frozenset({"read_failed", "out_of_memory", "worker_failed"}) | TRANSIENT_CODES
 # Testing aid: seconds to sleep after each batch is logged, so tests can kill a run in the middle.
 THROTTLE_ENV = "FDCORE_PREDICT_TEST_THROTTLE"
 
@@ -69,6 +72,17 @@ class PredictOptions:
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
     skip_hash_check: bool = False
     excel_safe: bool = False  # prefix formula-like text cells with ' (fdcore.csvfile)
+    # manifests and URLs (docs/predict.md "Manifests and URLs")
+    path_column: str | None = None  # default: path, uri or url
+    id_column: str | None = None  # default: id when the manifest has it, else the location as written
+    max_bytes: int = DEFAULT_MAX_BYTES
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
+    allow_private_urls: bool = False
+
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(max_bytes=int(self.max_bytes), timeout_s=float(self.timeout_s), retries=int(self.retries),
+                           allow_private_addresses=bool(self.allow_private_urls))
 
 
 @dataclasses.dataclass
@@ -96,9 +110,9 @@ class PredictSummary:
     def line(self) -> str:
         reasons = ", ".join(f"{code} {count}" for code, count in sorted(self.reasons.items()))
         if self.images == 0:
-            return (f"nothing to score: no image file under the input folder ({self.ignored} other files ignored"
-                    f"{': ' + reasons if reasons else ''}); check the IMAGES path. Extensions scored: "
-                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+            return (f"nothing to score: no image file in the input ({self.ignored} other files ignored, "
+                    f"{self.skipped} skipped{': ' + reasons if reasons else ''}); check the IMAGES path. Extensions "
+                    f"scored in a folder: {', '.join(sorted(IMAGE_EXTENSIONS))}")
         if self.scored == 0:
             return (f"nothing was scored: all {self.images} images were skipped [{reasons}]; see {self.errors} "
                     "for each file's reason")
@@ -141,23 +155,29 @@ def stop_cleanly_on_sigterm():
 
 
 def _check_options(options: PredictOptions) -> None:
-    if not Path(options.images).is_dir():
-        raise state.PredictError(f"IMAGES {options.images} is not a directory; pass the folder holding the images")
-    for name in ("batch_size", "save_every", "max_pixels"):
+    from fdcore.data.manifest import input_kind
+
+    input_kind(options.images)
+    for name in ("batch_size", "save_every", "max_pixels", "max_bytes"):
         if int(getattr(options, name)) < 1:
             raise state.PredictError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
     if options.workers < 0:
         raise state.PredictError(f"--workers must be 0 or more, got {options.workers}")
     if not options.max_aspect_ratio >= 1:
         raise state.PredictError(f"the maximum aspect ratio must be at least 1, got {options.max_aspect_ratio}")
+    if not options.timeout_s > 0 or options.retries < 0:
+        raise state.PredictError(f"--timeout must be positive and --retries 0 or more, got {options.timeout_s} and "
+                                 f"{options.retries}")
     if options.aggregator is not None:
         from fdcore import registry
 
         registry.get_aggregator(options.aggregator)  # a typo is reported now, not after loading the ensemble
 
 
-def build_binding(options: PredictOptions, ensemble: Ensemble, fusion: scoring.Fusion) -> dict:
-    """Everything that determines the scores; resuming requires an exact match."""
+def build_binding(options: PredictOptions, ensemble: Ensemble, fusion: scoring.Fusion,
+                  device_type: str | None = None) -> dict:
+    """Everything that determines the scores; resuming requires an exact match. ``device_type``: where the experts
+    run when that is not where ``ensemble`` was loaded (an engine's actors)."""
     from fdcore.preprocess import PREPROCESS_VERSION
 
     described = ensemble.describe()
@@ -171,10 +191,11 @@ def build_binding(options: PredictOptions, ensemble: Ensemble, fusion: scoring.F
         "weights": None if fusion.weights is None else list(fusion.weights),
         "preprocess_version": PREPROCESS_VERSION,
         "pixel_policy_version": PIXEL_POLICY_VERSION,
-        "limits": {"max_pixels": int(options.max_pixels), "max_aspect_ratio": float(options.max_aspect_ratio)},
+        "limits": {"max_pixels": int(options.max_pixels), "max_aspect_ratio": float(options.max_aspect_ratio),
+                   "max_bytes": int(options.max_bytes)},
         "precision": ensemble.precision,
         "scoring_chunk": ensemble.scoring_chunk,
-        "device_type": ensemble.device.split(":")[0],
+        "device_type": device_type or ensemble.device.split(":")[0],
         "versions": package_versions(("fdcore", "torch", "pillow", "numpy")),
         # only the plugins that provide this run's experts and fusion rule: an unrelated install changes nothing
         "plugins": plugin_set({"experts": sorted({m.expert.name for m in ensemble.members}),
@@ -190,23 +211,31 @@ class ImageDataset:
     """Map-style dataset: candidate -> resized uint8 arrays (one per geometry) or an error record."""
 
     def __init__(self, items: Sequence[Candidate], geometries: Sequence[Any], max_pixels: int,
-                 max_aspect_ratio: float):
+                 max_aspect_ratio: float, fetch_policy: FetchPolicy = FetchPolicy()):
         self.items = list(items)
         self.geometries = list(geometries)
         self.max_pixels = max_pixels
         self.max_aspect_ratio = max_aspect_ratio
+        self.fetch_policy = fetch_policy
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        item = self.items[index]
-        base = {"name": item.name, "size": item.size, "mtime_ns": item.mtime_ns}
-        decoded = scoring.decode(item.path, self.geometries, self.max_pixels, self.max_aspect_ratio, root=item.root)
-        if isinstance(decoded, scoring.Rejected):
-            return {**base, "status": "error", "code": decoded.code, "detail": decoded.detail}
-        return {**base, "size": decoded.size_bytes, "mtime_ns": decoded.mtime_ns, "status": "ok",
-                "info": decoded.info, "arrays": decoded.arrays}
+        return decode_candidate(self.items[index], self.geometries, self.max_pixels, self.max_aspect_ratio,
+                                self.fetch_policy)
+
+
+def decode_candidate(item: Candidate, geometries: Sequence[Any], max_pixels: int, max_aspect_ratio: float,
+                     fetch_policy: FetchPolicy) -> dict:
+    """One listed item -> a decoded sample (resized arrays per geometry) or an error record; never raises."""
+    base = {"name": item.name, "size": item.size, "mtime_ns": item.mtime_ns}
+    source = RemoteImage(item.uri, fetch_policy) if item.uri else item.path
+    decoded = scoring.decode(source, geometries, max_pixels, max_aspect_ratio, root=item.root)
+    if isinstance(decoded, scoring.Rejected):
+        return {**base, "status": "error", "code": decoded.code, "detail": decoded.detail}
+    return {**base, "size": decoded.size_bytes, "mtime_ns": decoded.mtime_ns, "status": "ok",
+            "info": decoded.info, "arrays": decoded.arrays}
 
 
 def collate(samples: list[dict]) -> dict:
@@ -217,6 +246,24 @@ def collate(samples: list[dict]) -> dict:
     arrays = [torch.from_numpy(batch) for batch in scoring.stack([sample["arrays"] for sample in decoded])]
     return {"decoded": [{k: v for k, v in s.items() if k != "arrays"} for s in decoded], "arrays": arrays,
             "failed": [sample for sample in samples if sample["status"] != "ok"]}
+
+
+def score_batch(ensemble: Ensemble, batch: dict) -> list[dict]:
+    """A collated batch -> its work-log records (sorted by name): per-expert probabilities, or the reason code."""
+    records = list(batch["failed"])
+    if batch["decoded"]:
+        probabilities = ensemble.probabilities_from_resized(batch["arrays"])
+        for column, sample in enumerate(batch["decoded"]):
+            values = probabilities[:, column]
+            if np.isfinite(values).all():
+                records.append({**sample, "p": [float(v) for v in values]})
+            else:
+                records.append({"name": sample["name"], "size": sample["size"], "mtime_ns": sample["mtime_ns"],
+                                "status": "error", "code": "non_finite_score",
+                                "detail": "expert output is NaN or infinite: "
+                                          + ", ".join(f"{n}={v!r}" for n, v in zip(ensemble.names, values))})
+    records.sort(key=lambda record: record["name"])
+    return records
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -243,31 +290,34 @@ def score_items(ensemble: Ensemble, items: Sequence[Candidate], log_path: Path, 
 
     if not items:
         return 0
-    dataset = ImageDataset(items, ensemble.geometries, options.max_pixels, options.max_aspect_ratio)
+    dataset = ImageDataset(items, ensemble.geometries, options.max_pixels, options.max_aspect_ratio,
+                           options.fetch_policy())
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=options.batch_size, shuffle=False, num_workers=options.workers, collate_fn=collate,
         worker_init_fn=_worker_init if options.workers else None, pin_memory=ensemble.device.startswith("cuda"))
-    throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
-    writer = worklog.LogWriter(log_path)
-    progress = _progress(len(items), show_progress)
-    processed = 0
     batches = iter(loader)
     try:
-        for batch_number, batch in enumerate(batches, start=1):
-            records = list(batch["failed"])
-            if batch["decoded"]:
-                probabilities = ensemble.probabilities_from_resized(batch["arrays"])
-                for column, sample in enumerate(batch["decoded"]):
-                    values = probabilities[:, column]
-                    if np.isfinite(values).all():
-                        records.append({**sample, "p": [float(v) for v in values]})
-                    else:
-                        records.append({"name": sample["name"], "size": sample["size"],
-                                        "mtime_ns": sample["mtime_ns"], "status": "error",
-                                        "code": "non_finite_score",
-                                        "detail": "expert output is NaN or infinite: "
-                                                  + ", ".join(f"{n}={v!r}" for n, v in zip(ensemble.names, values))})
-            records.sort(key=lambda record: record["name"])
+        return log_batches((score_batch(ensemble, batch) for batch in batches), log_path, options, len(items),
+                           show_progress)
+    finally:
+        # Stop the DataLoader workers now, not whenever the iterator is collected: none may outlive a stopped run.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def log_batches(record_batches: Iterable[list[dict]], log_path: Path, options: PredictOptions, total: int,
+                show_progress: bool) -> int:
+    """Append each batch of work-log records as it comes (an engine's or this process's); returns how many.
+
+    Each batch reaches the OS at once and is fsynced every ``options.save_every`` batches; Ctrl-C / SIGTERM keep
+    every batch already written (the exception carries ``processed``); a full disk is a PredictError saying so."""
+    throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
+    writer = worklog.LogWriter(log_path)
+    progress = _progress(total, show_progress)
+    processed = 0
+    try:
+        for batch_number, records in enumerate(record_batches, start=1):
             writer.write(records)
             if batch_number % options.save_every == 0:
                 writer.sync()
@@ -290,10 +340,6 @@ def score_items(ensemble: Ensemble, items: Sequence[Candidate], log_path: Path, 
             writer.close()
         except OSError:
             pass  # the close's fsync fails on a full disk too; what reached the log is kept
-        # Stop the DataLoader workers now, not whenever the iterator is collected: none may outlive a stopped run.
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
         if progress is not None:
             progress.close()
     return processed
@@ -301,21 +347,25 @@ def score_items(ensemble: Ensemble, items: Sequence[Candidate], log_path: Path, 
 
 # -- planning and merging ---------------------------------------------------------------------------------------------
 
-def _usable(row: dict, candidate: Candidate, n_experts: int) -> bool:
-    if row["size"] != candidate.size or row["mtime_ns"] != candidate.mtime_ns:
+def _usable(row: dict, candidate: Candidate, n_experts: int, retried_too: bool = False) -> bool:
+    if candidate.uri is None and (row["size"] != candidate.size or row["mtime_ns"] != candidate.mtime_ns):
         return False
     if row["status"] == "ok":
         return len(row["p"]) == n_experts
-    return row["code"] not in RETRIED_CODES
+    return retried_too or row["code"] not in RETRIED_CODES
 
 
-def current_results(rows: Sequence[dict], candidates: Sequence[Candidate], n_experts: int) -> dict[str, dict]:
-    """For each candidate, the last logged outcome that matches its current size and mtime."""
+def current_results(rows: Sequence[dict], candidates: Sequence[Candidate], n_experts: int,
+                    retried_too: bool = False) -> dict[str, dict]:
+    """For each candidate, the last logged outcome that matches its current size and mtime (a URL: its key).
+
+    Failures worth retrying (:data:`RETRIED_CODES`) do not count as results, so the next run tries them again,
+    unless ``retried_too`` (what the final files report for this run)."""
     by_name: dict[str, Candidate] = {candidate.name: candidate for candidate in candidates}
     results: dict[str, dict] = {}
     for row in rows:
         candidate = by_name.get(row["name"])
-        if candidate is not None and _usable(row, candidate, n_experts):
+        if candidate is not None and _usable(row, candidate, n_experts, retried_too):
             results[row["name"]] = row
     return results
 
@@ -329,7 +379,7 @@ def _changed_after_listing(rows: Sequence[dict], candidates: Sequence[Candidate]
     logged = {row["name"] for row in rows}
     refreshed = {}
     for candidate in candidates:
-        if candidate.name in results or candidate.name not in logged:
+        if candidate.name in results or candidate.name not in logged or candidate.uri is not None:
             continue
         try:
             info = os.stat(candidate.path, follow_symlinks=False)
@@ -350,11 +400,14 @@ class Plan:
     corrupt_lines: int = 0
 
 
-def plan_run(options: PredictOptions, ensemble: Ensemble, fusion: scoring.Fusion) -> Plan:
+def plan_run(options: PredictOptions, ensemble: Ensemble, fusion: scoring.Fusion,
+             device_type: str | None = None) -> Plan:
     out_dir = Path(options.out)
-    binding = build_binding(options, ensemble, fusion)
+    binding = build_binding(options, ensemble, fusion, device_type)
+    # listed before the work folder is made: a manifest refused here leaves no trace in OUT_DIR
+    walk = list_input(options.images, exclude=[out_dir], path_column=options.path_column,
+                      id_column=options.id_column)
     work_dir = state.prepare_work_dir(out_dir, binding, options.overwrite)
-    walk = walk_images(options.images, exclude=[out_dir])
     logs = worklog.read_logs(work_dir)
     done = current_results(logs.rows, walk.candidates, len(ensemble.members))
     todo = [candidate for candidate in walk.candidates if candidate.name not in done]
@@ -366,11 +419,11 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, fusion: sc
     """Merge the work logs into the final files (atomic, sorted) and summarise."""
     out_dir = Path(options.out)
     logs = worklog.read_logs(plan.work_dir)
-    results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members))
+    results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members), retried_too=True)
     changed = _changed_after_listing(logs.rows, plan.walk.candidates, results)
     if changed:
         plan.walk.candidates = [changed.get(candidate.name, candidate) for candidate in plan.walk.candidates]
-        results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members))
+        results = current_results(logs.rows, plan.walk.candidates, len(ensemble.members), retried_too=True)
     logged = {row["name"] for row in logs.rows}
     scored_rows = [results[c.name] for c in plan.walk.candidates if c.name in results
                    and results[c.name]["status"] == "ok"]
@@ -425,12 +478,14 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, fusion: sc
     meta = {
         **plan.binding,
         "ensemble_source": ensemble.source,
+        "input": _describe_input(options),
         "score_definition": f"{fusion.name} of the experts' P(AI-generated)"
                             + (f" with weights {list(fusion.weights)}" if fusion.weights else "")
                             + (", calibrated (calibration.json)" if calibrated else ""),
         "calibrated": calibrated,
         "threshold": ensemble.threshold if calibrated else None,
-        "columns": _column_meanings(ensemble, calibrated, decides, options.per_expert),
+        "columns": _column_meanings(ensemble, calibrated, decides, options.per_expert,
+                                    manifest=not os.path.isdir(options.images)),
         "counts": {key: getattr(summary, key) for key in ("images", "scored", "skipped", "ignored",
                                                            "processed_this_run", "reused")},
         "reasons": reasons,
@@ -446,8 +501,21 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, fusion: sc
     return summary
 
 
-def _column_meanings(ensemble: Ensemble, calibrated: bool, decides: bool, per_expert: bool) -> dict[str, str]:
-    meanings = {"image_name": "path relative to IMAGES",
+def _describe_input(options: PredictOptions) -> dict:
+    from fdcore.data.manifest import describe_manifest, input_kind
+
+    if input_kind(options.images) == "folder":
+        return {"kind": "folder", "path": os.path.realpath(options.images)}
+    return {"kind": "manifest", **describe_manifest(options.images),
+            "path_column": options.path_column, "id_column": options.id_column,
+            "fetch": {"max_bytes": int(options.max_bytes), "timeout_s": float(options.timeout_s),
+                      "retries": int(options.retries), "allow_private_urls": bool(options.allow_private_urls)}}
+
+
+def _column_meanings(ensemble: Ensemble, calibrated: bool, decides: bool, per_expert: bool,
+                     manifest: bool = False) -> dict[str, str]:
+    meanings = {"image_name": ("the manifest's id, or the path or URL as written in it" if manifest
+                               else "path relative to IMAGES"),
                 "score": "fused P(AI-generated)" + (", calibrated" if calibrated else " (not calibrated)")}
     if decides:
         meanings["decision"] = ("ai if score >= threshold.value, real below it, inconclusive inside "
@@ -463,17 +531,23 @@ def _column_meanings(ensemble: Ensemble, calibrated: bool, decides: bool, per_ex
 # -- the whole run ----------------------------------------------------------------------------------------------------
 
 def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
-                echo: Callable[[str], None] | None = None) -> PredictSummary | None:
+                echo: Callable[[str], None] | None = None, engine: Any = None) -> PredictSummary | None:
     """Run ``fdcore predict``. Returns the summary on rank 0 (None on other ranks of a distributed run).
 
     Args:
         options: the run's options.
         ensemble: an already loaded ensemble (tests, notebooks); loaded from ``options.ensemble`` when None.
         echo: where progress messages go (default stderr, nothing when ``options.quiet``).
+        engine: what scores the items still to do, instead of this process's DataLoader (e.g.
+            :class:`fdcore.integrations.ray.RayEngine`): an object with ``device_type(requested) -> str`` (where
+            its workers run the experts: recorded in the binding, and the default precision follows it) and
+            ``score_items(ensemble, items, log_path, options, show_progress) -> int`` that appends the same
+            work-log records. Listing, resuming, fusing and the final files stay here, so every engine writes the
+            same outputs; this process then loads the ensemble on the CPU.
     """
     started = time.time()
     _check_options(options)
-    if ensemble is None and not Path(options.ensemble).is_dir():
+    if ensemble is None and not str(options.ensemble).startswith("hf://") and not Path(options.ensemble).is_dir():
         raise state.PredictError(f"--ensemble {options.ensemble} is not a directory; pass a folder holding "
                                  "ensemble.json, an fdcore expert (expert.json) or a FeatDistill release")
     say = echo or ((lambda message: None) if options.quiet else (lambda message: print(message, file=sys.stderr)))
@@ -492,11 +566,14 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
     group = ProcessGroup()
     plan = None
     try:
-        device = resolve_device(options.device)
+        # with an engine, the experts run on its workers' device; this process loads the ensemble on the CPU only to
+        # describe it and to fuse, at the precision the workers use
+        scoring_device = engine.device_type(options.device) if engine is not None else None
+        device = "cpu" if engine is not None else resolve_device(options.device)
         group = process_group(device)
         if group.distributed and device.startswith("cuda"):
             device = f"cuda:{group.local_rank}"
-        precision = resolve_precision(options.precision, device)
+        precision = resolve_precision(options.precision, scoring_device or device)
         if group.is_main:
             try:
                 if ensemble is None:
@@ -504,7 +581,7 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
                     ensemble = load_ensemble(options.ensemble, device=device, precision=precision,
                                              skip_hash_check=options.skip_hash_check)
                 fusion = scoring.Fusion.resolve(ensemble, options.aggregator, options.weights)
-                plan = plan_run(options, ensemble, fusion)
+                plan = plan_run(options, ensemble, fusion, scoring_device)
             except BaseException as exc:
                 group.broadcast({"error": f"{type(exc).__name__}: {exc}"})
                 raise
@@ -526,8 +603,14 @@ def run_predict(options: PredictOptions, ensemble: Ensemble | None = None,
             plan = Plan(Path(setup["work_dir"]), {}, WalkResult([], []), setup["todo"], 0)
         mine = shard(plan.todo, group.rank, group.world_size)
         log_path = plan.work_dir / worklog.log_name(group.rank, group.world_size)
-        processed = score_items(ensemble, mine, log_path, options,
-                                show_progress=group.is_main and not options.quiet)
+        if engine is not None:
+            if group.distributed:
+                raise state.PredictError("an engine (--engine ray) schedules its own workers; launch it as one "
+                                         "process, not with torchrun/accelerate")
+            processed = engine.score_items(ensemble, mine, log_path, options, show_progress=not options.quiet)
+        else:
+            processed = score_items(ensemble, mine, log_path, options,
+                                    show_progress=group.is_main and not options.quiet)
         group.barrier()
         if not group.is_main:
             return None
