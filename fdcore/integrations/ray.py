@@ -42,6 +42,7 @@ from fdcore.errors import FdcoreError
 # Columns of an input batch that name the image (first one present wins), and the column of raw bytes.
 LOCATION_COLUMNS = ("path", "uri", "url")
 BYTES_COLUMN = "bytes"
+MAX_BLOCKS = 2000
 
 
 class RayEngineError(FdcoreError):
@@ -271,7 +272,9 @@ class RayEngine:
 
         # an ensemble fetched from the Hub is fetched again by each node, at the commit verified here
         source = hub_reference_of(ensemble.source or options.ensemble) or ensemble.source or options.ensemble
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / options.batch_size)))
+        # about one block per batch, so records stream back as batches finish; capped, as Ray schedules per block
+        blocks = min(max(1, math.ceil(len(rows) / options.batch_size)), MAX_BLOCKS)
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
         scored = dataset.map_batches(
             EnsembleScorer, batch_size=options.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.actors(ray)), num_gpus=self.gpus_per_actor or None,
