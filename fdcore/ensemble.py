@@ -331,20 +331,26 @@ class Ensemble:
 
     def predict_paths(self, paths: Sequence[str | os.PathLike], aggregator: str | None = None,
                       weights: Sequence[float] | None = None, batch_size: int = 16, max_pixels: int | None = None,
-                      max_aspect_ratio: float | None = None) -> list[dict]:
-        """Score files with the same safety checks as ``fdcore predict``; one dict per path, in order.
+                      max_aspect_ratio: float | None = None, fetch=None) -> list[dict]:
+        """Score files or URLs with the same safety checks as ``fdcore predict``; one dict per path, in order.
 
         Each dict has ``path``, ``score`` (None when not scored), ``probabilities`` ({expert name: P}),
         ``error`` (a reason code or None), ``detail`` and ``notes`` (pixel-policy notes such as ``exif_unreadable``).
+        A URL (``https://``, ``s3://``...) is fetched under ``fetch`` (a :class:`fdcore.remote.FetchPolicy`;
+        default: the limits of ``fdcore predict``, public addresses only unless ``FDCORE_ALLOW_PRIVATE_URLS=1``).
         """
         from fdcore import scoring
+        from fdcore.remote import RemoteImage, from_environment, is_remote
 
         if isinstance(paths, (str, bytes, os.PathLike)):
             raise TypeError(f"predict_paths takes a list of paths, got the single path {paths!r}; pass [path]")
         fusion = scoring.Fusion.resolve(self, aggregator, weights)
+        fetch = fetch or from_environment()
         results, accepted = [], []
         for path in paths:
-            decoded = scoring.decode(os.path.realpath(path), self.geometries, max_pixels, max_aspect_ratio)
+            source = (RemoteImage(path, fetch) if isinstance(path, str) and is_remote(path)
+                      else os.path.realpath(path))
+            decoded = scoring.decode(source, self.geometries, max_pixels, max_aspect_ratio)
             result = {"path": str(path), "score": None, "probabilities": {}, "error": None, "detail": "",
                       "notes": []}
             results.append(result)

@@ -232,3 +232,18 @@ def test_a_labelled_parquet_manifest_of_urls_evaluates_with_predicts_scores(imag
     assert not skipped and len(records) == len(NAMES)
     for record, name in zip(sorted(records, key=lambda r: NAMES.index(os.path.basename(r["path"]))), NAMES):
         assert f"{record['score']:.8f}" == folder_scores[name]["score"]
+
+
+def test_the_python_api_scores_urls_like_files(images, toy_ensemble, folder_scores):
+    from fdcore.ensemble_io import load_ensemble
+    from fdcore.remote import FetchPolicy
+
+    ensemble = load_ensemble(str(toy_ensemble))
+    with serve_folder(images) as server:
+        url = f"{server.url}/img/valid_png.png"
+        allowed, refused = (ensemble.predict_paths([url, str(images / "gray8.png")],
+                                                   fetch=FetchPolicy(allow_private_addresses=True)),
+                            ensemble.predict_paths([url]))
+    assert f"{allowed[0]['score']:.8f}" == folder_scores["valid_png.png"]["score"]
+    assert f"{allowed[1]['score']:.8f}" == folder_scores["gray8.png"]["score"]
+    assert refused[0]["error"] == "address_not_allowed" and refused[0]["score"] is None

@@ -74,7 +74,8 @@ def _parse_weights(ctx, param, value):
 @click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Refuse remote objects larger than this (checked before downloading, enforced while reading).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.001), default=DEFAULT_TIMEOUT_S,
-              show_default=True, help="Seconds allowed for each http(s) fetch, end to end.")
+              show_default=True,
+              help="Seconds allowed for each http(s) request (the size check, then the download), end to end.")
 @click.option("--retries", type=click.IntRange(min=0), default=DEFAULT_RETRIES, show_default=True,
               help="Retries (exponential backoff from 0.5 s) after a transient network error: unreachable, timeout, "
                    "HTTP 408/425/429/5xx.")
