@@ -107,6 +107,20 @@ def make_learnable_folder(root, per_class=48, size=32, seed=0):
 
 
 @pytest.fixture
+def toy_ensemble(tmp_path):
+    """Two toy experts named one and two, mean fusion (modules that need another ensemble define their own)."""
+    import fdcore
+    from fdcore.ensemble_io import write_ensemble
+
+    directory = tmp_path / "ensemble"
+    fdcore.save_expert(fdcore.get_expert("toy", seed=1), directory / "expert_1")
+    fdcore.save_expert(fdcore.get_expert("toy", seed=2), directory / "expert_2")
+    write_ensemble(directory, [{"name": "one", "path": "expert_1", "weight": 1.0},
+                               {"name": "two", "path": "expert_2", "weight": 1.0}])
+    return directory
+
+
+@pytest.fixture
 def learnable_folder(tmp_path):
     return make_learnable_folder(tmp_path / "data")
 

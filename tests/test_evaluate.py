@@ -8,17 +8,6 @@ from click.testing import CliRunner
 
 import fdcore
 from fdcore.cli import cli
-from fdcore.ensemble_io import write_ensemble
-
-
-@pytest.fixture
-def toy_ensemble(tmp_path):
-    directory = tmp_path / "ensemble"
-    fdcore.save_expert(fdcore.get_expert("toy", seed=1), directory / "expert_1")
-    fdcore.save_expert(fdcore.get_expert("toy", seed=2), directory / "expert_2")
-    write_ensemble(directory, [{"name": "one", "path": "expert_1", "weight": 1.0},
-                               {"name": "two", "path": "expert_2", "weight": 1.0}])
-    return directory
 
 
 @pytest.fixture

@@ -273,19 +273,6 @@ def test_headline_reads_each_auc_against_chance():
     assert "Not measured" in reading_of_auc(None)
 
 
-@pytest.fixture
-def toy_ensemble(tmp_path):
-    import fdcore
-    from fdcore.ensemble_io import write_ensemble
-
-    directory = tmp_path / "ensemble"
-    fdcore.save_expert(fdcore.get_expert("toy", seed=1), directory / "expert_1")
-    fdcore.save_expert(fdcore.get_expert("toy", seed=2), directory / "expert_2")
-    write_ensemble(directory, [{"name": "one", "path": "expert_1", "weight": 1.0},
-                               {"name": "two", "path": "expert_2", "weight": 1.0}])
-    return directory
-
-
 def test_an_evaluation_report_says_what_was_evaluated_and_how_members_agree(toy_ensemble, tmp_path):
     from conftest import make_learnable_folder
 
