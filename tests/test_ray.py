@@ -12,7 +12,7 @@ import pytest
 import predict_corpus as corpus
 from conftest import fdcore_command
 from fdcore.predict import EXIT_PARTIAL, run_predict
-from loopback_http import serve_folder
+from loopback_http import closed_port, serve_folder
 
 ray = pytest.importorskip("ray")
 
@@ -151,3 +151,9 @@ def test_the_cli_engine_flag_runs_ray_and_refuses_ray_options_without_it(images,
     refused = fdcore_command("predict", str(images), "--ensemble", str(toy_ensemble), "--out", str(tmp_path / "x"),
                              "--num-actors", "2")
     assert refused.returncode == 2 and "--engine ray" in refused.stderr and "Traceback" not in refused.stderr
+    port = closed_port()
+    unreachable = fdcore_command("predict", str(images), "--ensemble", str(toy_ensemble), "--out", str(tmp_path / "y"),
+                                 "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", timeout=60)
+    assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in unreachable.stderr
+    assert not (tmp_path / "y").exists()

@@ -234,6 +234,7 @@ class RayEngine:
         ray.data.DataContext.get_current().enable_progress_bars = False
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS") or None
+            _check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          logging_level="ERROR", configure_logging=True)
@@ -300,6 +301,29 @@ class RayEngine:
         return log_batches(record_batches(), log_path, options, len(items), show_progress)
 
 
+# Ray's own connection attempt retries for minutes; an address that refuses or ignores a TCP connection is reported
+# after this many seconds instead.
+CONNECT_PROBE_S = 10.0
+
+
+def _check_reachable(address: str | None) -> None:
+    """Refuse at once a cluster address nothing answers on (``auto``, ``local`` and None are Ray's to resolve)."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayEngineError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_PROBE_S).close()
+    except OSError as exc:
+        raise RayEngineError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); check --ray-address "
+                             "or RAY_ADDRESS: the head node's address and GCS port (6379 by default), or "
+                             "ray://HEAD:10001 for Ray Client; nothing was scored or written") from None
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     seen = set()
     while id(exc) not in seen:
@@ -315,5 +339,6 @@ def run_predict_ray(options, engine: RayEngine | None = None, echo=None):
     """``fdcore predict --engine ray``: :func:`fdcore.predict.run_predict` with a :class:`RayEngine`."""
     from fdcore.predict import run_predict
 
-    _require_ray()
-    return run_predict(options, echo=echo, engine=engine or RayEngine())
+    engine = engine or RayEngine()
+    engine.connect()  # before the output folder is touched: a wrong address costs nothing
+    return run_predict(options, echo=echo, engine=engine)
