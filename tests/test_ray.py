@@ -138,6 +138,14 @@ def test_set_level_rules_are_refused_per_batch_and_a_wrong_ensemble_stops_the_jo
     with pytest.raises(RayEngineError, match="needs --gpus-per-actor"):
         run_predict(options(images, toy_ensemble, tmp_path / "gpu", device="cuda"), engine=RayEngine())
     assert RayEngine(gpus_per_actor=0.5).device_type() == "cuda"
+    # an actor that finds other ensemble files than the driver verified stops the job with a clear error
+    from fdcore.ensemble_io import load_ensemble
+
+    driver_side = load_ensemble(str(toy_ensemble))
+    driver_side.source = str(corpus.make_toy_ensemble(tmp_path / "other", seeds=(3, 4)))
+    with pytest.raises(RayEngineError, match="loaded a different ensemble"):
+        run_predict(options(images, toy_ensemble, tmp_path / "mismatch"), ensemble=driver_side,
+                    engine=RayEngine(num_actors=1))
 
 
 def test_the_cli_engine_flag_runs_ray_and_refuses_ray_options_without_it(images, toy_ensemble, tmp_path):

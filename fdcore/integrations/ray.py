@@ -35,6 +35,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any, Sequence
 
 from fdcore.errors import FdcoreError
@@ -294,9 +295,8 @@ class RayEngine:
             except (KeyboardInterrupt, FdcoreError):
                 raise
             except Exception as exc:
-                cause = _root_cause(exc)
-                raise RayEngineError(f"the Ray job failed: {type(cause).__name__}: {cause}; what was scored before "
-                                     "is saved, rerun the same command to continue") from None
+                raise RayEngineError(f"the Ray job failed: {_failure_message(exc)}; what was scored before is saved, "
+                                     "rerun the same command to continue") from None
 
         return log_batches(record_batches(), log_path, options, len(items), show_progress)
 
@@ -324,15 +324,23 @@ def _check_reachable(address: str | None) -> None:
                              "ray://HEAD:10001 for Ray Client; nothing was scored or written") from None
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    seen = set()
-    while id(exc) not in seen:
+_RAISED_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+
+
+def _failure_message(exc: BaseException) -> str:
+    """What went wrong on a worker, in one line: Ray wraps a worker's exception (an actor's constructor included)
+    in its own types and keeps the original only as the text of the remote traceback, whose last line says it."""
+    seen, found = set(), None
+    while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if inner is None:
-            break
-        exc = inner
-    return exc
+        if isinstance(exc, FdcoreError):
+            return str(exc)
+        lines = [match for match in (_RAISED_LINE.match(line.strip()) for line in str(exc).splitlines()) if match]
+        if lines and found is None:
+            name, message = lines[-1].groups()
+            found = f"{name.rsplit('.', 1)[-1]}: {message}"
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return found or "a Ray worker failed (see the Ray logs)"
 
 
 def run_predict_ray(options, engine: RayEngine | None = None, echo=None):
