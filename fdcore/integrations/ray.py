@@ -190,6 +190,17 @@ def _candidate_for(name: str, value: Any):
     return Candidate(name, real, info.st_size, info.st_mtime_ns, None)
 
 
+def _bound_scorer(settings: dict):
+    """:class:`EnsembleScorer` with its settings bound in the class itself: they travel with the pickled class, so
+    a restarted actor never depends on constructor arguments kept in the object store (ray-project/ray#53727)."""
+
+    class BoundEnsembleScorer(EnsembleScorer):
+        def __init__(self):
+            super().__init__(**settings)
+
+    return BoundEnsembleScorer
+
+
 def _object_array(values: list):
     import numpy as np
 
@@ -231,7 +242,7 @@ class RayEngine:
         ray = _require_ray()
         # fdcore's own progress bar and summary say what the run does; Ray Data's per-dataset log lines and bars
         # would repeat it on stderr (its full logs stay under the session's log folder)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         ray.data.DataContext.get_current().enable_progress_bars = False
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS") or None
@@ -277,16 +288,15 @@ class RayEngine:
         # about one block per batch, so records stream back as batches finish; capped, as Ray schedules per block
         blocks = min(max(1, math.ceil(len(rows) / options.batch_size)), MAX_BLOCKS)
         dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        settings = {"ensemble": str(source), "device": self.device_type(options.device),
+                    "precision": ensemble.precision, "aggregator": options.aggregator, "weights": options.weights,
+                    "max_pixels": options.max_pixels, "max_aspect_ratio": options.max_aspect_ratio,
+                    "fetch": dataclasses.asdict(options.fetch_policy()), "expected_identity": ensemble.identity,
+                    "records": True}
         scored = dataset.map_batches(
-            EnsembleScorer, batch_size=options.batch_size, batch_format="numpy",
+            _bound_scorer(settings), batch_size=options.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.actors(ray)), num_gpus=self.gpus_per_actor or None,
-            num_cpus=self.cpus_per_actor,
-            fn_constructor_kwargs={
-                "ensemble": str(source), "device": self.device_type(options.device),
-                "precision": ensemble.precision, "aggregator": options.aggregator, "weights": options.weights,
-                "max_pixels": options.max_pixels, "max_aspect_ratio": options.max_aspect_ratio,
-                "fetch": dataclasses.asdict(options.fetch_policy()), "expected_identity": ensemble.identity,
-                "records": True})
+            num_cpus=self.cpus_per_actor)
 
         def record_batches():
             try:
