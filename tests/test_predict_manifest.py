@@ -182,6 +182,10 @@ def test_a_bad_manifest_is_a_clear_error_before_any_work(toy_ensemble, tmp_path)
     no_path = write_csv(tmp_path / "nopath.csv", ["id", "file"], [("a", "x.png")])
     with pytest.raises(DataError, match="no path column"):
         run(no_path, toy_ensemble, tmp_path / "out2")
+    with pytest.raises(DataError, match=r"no 'where' column \(have: file, id\)"):
+        run(no_path, toy_ensemble, tmp_path / "out2", path_column="Where")
+    with pytest.raises(DataError, match=r"no 'key' column"):
+        run(no_path, toy_ensemble, tmp_path / "out2", path_column="file", id_column="key")
     latin = tmp_path / "latin.txt"
     latin.write_bytes(b"caf\xe9.png\n")
     with pytest.raises(DataError, match="not UTF-8"):

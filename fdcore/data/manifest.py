@@ -96,7 +96,9 @@ def _check_required(path: str, where: str, columns, required: Sequence[str]) -> 
                                 f"image's path or URL in a column called {', '.join(LOCATION_COLUMNS)} (fdcore "
                                 "predict also takes --path-column NAME)")
         elif name not in columns:
-            raise DataError(f"{where}: no {name!r} column (have: {', '.join(sorted(columns)) or 'nothing'})")
+            hint = ("add it: 0 = real, 1 = AI-generated" if name == "label" else
+                    "check the header and the column options (--path-column, --id-column)")
+            raise DataError(f"{where}: no {name!r} column (have: {', '.join(sorted(columns)) or 'nothing'}); {hint}")
 
 
 def _csv_rows(path: str, handle, required: Sequence[str]) -> Iterator[tuple[str, dict]]:
@@ -194,7 +196,7 @@ def list_manifest(path: str, path_column: str | None = None, id_column: str | No
     from fdcore.walk import Candidate, Skipped, WalkResult
 
     base = os.path.dirname(os.path.abspath(path))
-    required = () if path_column else ("location",)
+    required = ((path_column.lower(),) if path_column else ("location",)) + ((id_column.lower(),) if id_column else ())
     candidates: list[Candidate] = []
     skipped: list[Skipped] = []
     first_seen: dict[str, str] = {}
