@@ -32,6 +32,7 @@ RELIABILITY_PNG = "reliability.png"
 HISTOGRAMS_PNG = "score_histograms.png"
 HEATMAP_PNG = "robustness_heatmap.png"
 SEVERITY_PNG = "severity_curves.png"
+PLOT_FILES = (ROC_PNG, RELIABILITY_PNG, HISTOGRAMS_PNG, HEATMAP_PNG, SEVERITY_PNG)
 # Most panels in the histogram figure and rows in the heat map.
 MAX_GROUPS = 24
 # Most generator columns in the heat map (the generators with the most images are kept).
@@ -977,7 +978,8 @@ def write_report(metrics: dict[str, Any], records, out_dir, title: str = "fdcore
                       lambda: plot_score_histograms(table, view)))
         plots.append((HEATMAP_PNG, f"Robustness heat map: ROC AUC per {view['kind']} x generator, colour scale "
                                    f"0 to 1 (yellow = 0.5 = chance); each cell shows n = AI-generated + real "
-                                   f"images, pale cells have fewer than {view['few']} AI-generated images{left_out}", lambda: plot_heatmap(view)))
+                                   f"images, pale cells have fewer than {view['few']} AI-generated images{left_out}",
+                      lambda: plot_heatmap(view)))
     else:
         plots.append((HISTOGRAMS_PNG, "Fused score histograms, real vs AI-generated",
                       lambda: plot_score_histograms(table, None)))
@@ -998,6 +1000,9 @@ def write_report(metrics: dict[str, Any], records, out_dir, title: str = "fdcore
             write_bytes_atomic(out_dir / filename, data)
             written[filename] = out_dir / filename
             figures.append(Figure(filename, caption, data))
+        for filename in PLOT_FILES:  # a plot this evaluation has no data for: an older report's must not linger
+            if filename not in written:
+                (out_dir / filename).unlink(missing_ok=True)
         sections = build_sections(metrics, table, figures, view, min_images, written_at)
         write_bytes_atomic(out_dir / "report.md", _markdown(title, sections).encode("utf-8"))
         written["report.md"] = out_dir / "report.md"

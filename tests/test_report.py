@@ -18,6 +18,7 @@ from fdcore.report import (
     MAX_GROUPS,
     MIN_GROUP_IMAGES,
     RELIABILITY_PNG,
+    SEVERITY_PNG,
     ROC_PNG,
     ReportError,
     heatmap_figure,
@@ -327,3 +328,14 @@ def test_metrics_and_plots_are_deterministic():
     assert plot_roc_curves(table) == plot_roc_curves(table)  # no timestamp or version chunk in the PNG
     view = robustness_view(first)
     assert plot_heatmap(view) == plot_heatmap(view)
+
+
+def test_a_report_rewritten_in_place_keeps_no_plot_of_the_previous_evaluation(tmp_path):
+    _, first, out, _, _, _ = report(tmp_path)
+    assert SEVERITY_PNG in first
+    clean_only = [record for record in scored_records() if not record["degradation"]]
+    _, written, out, page, _, markdown = report(tmp_path, clean_only)  # no degraded image: no severity plot
+    assert SEVERITY_PNG not in written and not (out / SEVERITY_PNG).exists()
+    on_disk = sorted(path.name for path in out.glob("*.png"))
+    assert on_disk == sorted(name for name in written if name.endswith(".png"))
+    assert all(f"({name})" in markdown for name in on_disk)
