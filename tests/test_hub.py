@@ -434,3 +434,30 @@ def test_a_cache_snapshot_maps_back_to_its_pinned_hub_reference(tmp_path):
     assert hub_reference_of(snapshot) == f"hf://my-org/my.detector@{'a' * 40}"
     assert hub_reference_of(tmp_path / "ensemble") is None
     assert hub_reference_of(tmp_path / "models--x" / "snapshots" / "abc") is None  # no ORG--NAME
+
+
+def test_names_that_climb_out_of_the_snapshot_are_refused(pushed, hub_cache, tmp_path):
+    """RELIABILITY 26 for Hub repositories: neither the hub manifest nor ensemble.json can name a file outside."""
+    outside = tmp_path / "secret.json"
+    outside.write_text("{}")
+    for number, name in enumerate(("../../secret.json", str(outside), "npr/../../x")):
+        files = dict(pushed.files)
+        manifest = json.loads(files["hub-manifest.json"])
+        manifest["files"][name] = {"size_bytes": 2, "sha256": hashlib.sha256(b"{}").hexdigest()}
+        files["hub-manifest.json"] = json.dumps(manifest).encode()
+        repo = f"fdcore-test/climb-{number}"
+        seed_cache(hub_cache, repo, files)
+        with pytest.raises(HubError, match="is not a relative path of plain names inside the repository"):
+            fdcore.pull_ensemble(repo)
+    # ensemble.json itself naming a member outside, consistently re-listed in the hub manifest
+    files = dict(pushed.files)
+    document = json.loads(files["ensemble.json"])
+    document["experts"][0]["path"] = "../../../outside"
+    files["ensemble.json"] = json.dumps(document).encode()
+    manifest = json.loads(files["hub-manifest.json"])
+    manifest["files"]["ensemble.json"] = {"size_bytes": len(files["ensemble.json"]),
+                                          "sha256": hashlib.sha256(files["ensemble.json"]).hexdigest()}
+    files["hub-manifest.json"] = json.dumps(manifest).encode()
+    seed_cache(hub_cache, "fdcore-test/climbing-member", files)
+    with pytest.raises(HubError, match="do not form an fdcore ensemble"):
+        fdcore.pull_ensemble("fdcore-test/climbing-member")

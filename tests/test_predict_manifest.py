@@ -251,3 +251,45 @@ def test_the_python_api_scores_urls_like_files(images, toy_ensemble, folder_scor
     assert f"{allowed[0]['score']:.8f}" == folder_scores["valid_png.png"]["score"]
     assert f"{allowed[1]['score']:.8f}" == folder_scores["gray8.png"]["score"]
     assert refused[0]["error"] == "address_not_allowed" and refused[0]["score"] is None
+
+
+def test_hostile_keys_round_trip_and_cannot_forge_rows(images, toy_ensemble, folder_scores, tmp_path):
+    """RELIABILITY 29 for manifest keys: whatever an id holds, each item is one row that reads back exactly."""
+    import pandas
+
+    keys = ["a,b", 'q"uote', "new\nline", "cr\rx", "=1+2", "+SUM(A1)", "-3", "@cmd", "\ufeffbom", "tab\tkey",
+            "x" * 255, "ok\n" + "forged,0.99999999"]
+    manifest = images.parent / "hostile-keys.jsonl"
+    manifest.write_text("".join(json.dumps({"id": key, "path": "images/gray8.png"}) + "\n" for key in keys),
+                        encoding="utf-8")
+    out = tmp_path / "out"
+    summary = run(manifest, toy_ensemble, out)
+    assert summary.exit_code == EXIT_COMPLETE and summary.scored == len(keys)
+    rows = read_csv(out / "predictions.csv")
+    assert sorted(row["image_name"] for row in rows) == sorted(keys)
+    assert {row["score"] for row in rows} == {folder_scores["gray8.png"]["score"]}
+    frame = pandas.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert sorted(frame["image_name"]) == sorted(keys) and len(frame) == len(keys)
+
+
+def test_a_manifest_cannot_block_exhaust_or_crash_the_reader(images, toy_ensemble, tmp_path):
+    """RELIABILITY 16/31 for manifests: a FIFO is never opened; a giant field, deep JSON nesting and a manifest
+    of nothing scorable are clear errors or reason codes, never a hang or a traceback."""
+    fifo = images.parent / "pipe.png"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    manifest = write_csv(tmp_path / "fifo.csv", ["path"], [(str(fifo),), (str(images / "gray8.png"),)])
+    summary = run(manifest, toy_ensemble, tmp_path / "out-fifo")  # would block forever if the FIFO were opened
+    assert summary.scored == 1 and summary.reasons == {"not_regular_file": 1}
+
+    giant = tmp_path / "giant.csv"
+    giant.write_text("path\n" + "a" * 200_000 + ".png\n", encoding="utf-8")
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 200_000 + "]" * 200_000 + "\n", encoding="utf-8")
+    nothing = write_csv(tmp_path / "nothing.csv", ["path"], [("ftp://example.com/a.png",), ("gopher://x/y",)])
+    for bad, message in ((giant, "not a readable CSV file"), (deep, "line 1: not valid JSON"),
+                         (nothing, "nothing to score")):
+        result = fdcore_command("predict", str(bad), "--ensemble", str(toy_ensemble), "--out",
+                                str(tmp_path / f"out-{bad.stem}"), timeout=60)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr
