@@ -22,7 +22,6 @@ import dataclasses
 import ipaddress
 import os
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
 from fdcore.errors import FdcoreError
@@ -283,11 +282,6 @@ def classify_error(exc: BaseException) -> tuple[str, str]:
 def _short(exc: BaseException, limit: int = 200) -> str:
     text = str(exc).replace("\n", " ")
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def describe(policy: FetchPolicy) -> dict[str, Any]:
-    """The policy as recorded in predictions.meta.json."""
-    return dataclasses.asdict(policy)
 
 
 def from_environment() -> FetchPolicy:

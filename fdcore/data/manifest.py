@@ -186,13 +186,34 @@ def item_key(row: dict, location: str, where: str, id_column: str | None) -> str
     return location
 
 
+def locate_item(key: str, location: str, base: str):
+    """One item -> a :class:`fdcore.walk.Candidate` to score, or a :class:`fdcore.walk.Skipped` with its reason code:
+    a URL with a readable scheme (else ``unsupported_url``), or a local regular file (else ``not_found`` /
+    ``not_regular_file``). Nothing is opened or downloaded. A malformed ``file://`` URL is a DataError."""
+    from fdcore.remote import unsupported_reason
+    from fdcore.walk import Candidate, Skipped
+
+    kind, value = resolve_location(location, base)
+    if kind == "url":
+        reason = unsupported_reason(value)
+        return Skipped(key, "unsupported_url", reason) if reason else Candidate(key, value, -1, 0, None, uri=value)
+    try:
+        real = os.path.realpath(value, strict=True)
+        info = os.stat(real)
+    except OSError as exc:
+        return Skipped(key, "not_found", f"{value}: {exc.strerror or exc}")
+    if not stat.S_ISREG(info.st_mode):
+        return Skipped(key, "not_regular_file", f"{value} is not a regular file, never opened")
+    return Candidate(key, real, info.st_size, info.st_mtime_ns, None)
+
+
 def list_manifest(path: str, path_column: str | None = None, id_column: str | None = None):
     """The items a manifest names, as :class:`fdcore.walk.WalkResult` (sorted by key) for ``fdcore predict``.
 
     Local files are stat'ed (a missing one is ``not_found``, a special file ``not_regular_file``); URLs are checked
     for a readable scheme (``unsupported_url`` otherwise) and for an installed fsspec backend (an error before any
     work otherwise); nothing is opened or downloaded here."""
-    from fdcore.remote import check_backends, unsupported_reason, url_scheme
+    from fdcore.remote import check_backends, url_scheme
     from fdcore.walk import Candidate, Skipped, WalkResult
 
     base = os.path.dirname(os.path.abspath(path))
@@ -210,25 +231,13 @@ def list_manifest(path: str, path_column: str | None = None, id_column: str | No
             raise DataError(f"{where}: the key {key!r} was already used at {first_seen[key].rsplit(', ', 1)[-1]}; "
                             "every item needs its own key (add an id column, or remove the repeated row)")
         first_seen[key] = where
-        kind, value = resolve_location(location, base)
-        if kind == "url":
-            reason = unsupported_reason(value)
-            if reason:
-                skipped.append(Skipped(key, "unsupported_url", reason))
-                continue
-            schemes.add(url_scheme(value))
-            candidates.append(Candidate(key, value, -1, 0, None, uri=value))
+        item = locate_item(key, location, base)
+        if isinstance(item, Skipped):
+            skipped.append(item)
             continue
-        try:
-            real = os.path.realpath(value, strict=True)
-            info = os.stat(real)
-        except OSError as exc:
-            skipped.append(Skipped(key, "not_found", f"{value}: {exc.strerror or exc}"))
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            skipped.append(Skipped(key, "not_regular_file", f"{value} is not a regular file, never opened"))
-            continue
-        candidates.append(Candidate(key, real, info.st_size, info.st_mtime_ns, None))
+        if item.uri is not None:
+            schemes.add(url_scheme(item.uri))
+        candidates.append(item)
     if rows == 0:
         raise DataError(f"manifest {path} has no rows; list one image path or URL per row")
     check_backends(schemes)

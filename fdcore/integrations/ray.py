@@ -117,7 +117,7 @@ class EnsembleScorer:
 
         from fdcore import scoring
         from fdcore.predict.outputs import per_expert_column
-        from fdcore.predict.runner import collate, decode_candidate, score_batch
+        from fdcore.predict.runner import collate, decode_candidate, decoded_sample, score_batch
 
         count = len(next(iter(batch.values()))) if batch else 0
         location = next((column for column in LOCATION_COLUMNS if column in batch), None)
@@ -130,10 +130,7 @@ class EnsembleScorer:
             if BYTES_COLUMN in batch and batch[BYTES_COLUMN][index] is not None:
                 decoded = scoring.decode(bytes(batch[BYTES_COLUMN][index]), self.ensemble.geometries, self.max_pixels,
                                          self.max_aspect_ratio)
-                base = {"name": name, "size": 0, "mtime_ns": 0}
-                samples.append({**base, "status": "error", "code": decoded.code, "detail": decoded.detail}
-                               if isinstance(decoded, scoring.Rejected) else
-                               {**base, "status": "ok", "info": decoded.info, "arrays": decoded.arrays})
+                samples.append(decoded_sample({"name": name, "size": 0, "mtime_ns": 0}, decoded))
                 continue
             value = batch[location][index] if location else None
             candidate = _candidate_for(name, value)
@@ -165,29 +162,20 @@ class EnsembleScorer:
 
 
 def _candidate_for(name: str, value: Any):
-    """A user's path/URL cell -> a Candidate, or an error sample for a cell that names nothing usable."""
-    from fdcore.remote import is_remote, unsupported_reason
-    from fdcore.walk import Candidate
+    """A user's path/URL cell -> a Candidate (:func:`fdcore.data.manifest.locate_item`, relative paths from the
+    actor's working folder), or an error sample for a cell that names nothing usable."""
+    from fdcore.data.manifest import locate_item
+    from fdcore.data.sources import DataError
+    from fdcore.walk import Skipped
 
     base = {"name": name, "size": 0, "mtime_ns": 0, "status": "error"}
     if not isinstance(value, str) or not value.strip():
         return {**base, "code": "not_found", "detail": f"no path or URL in this row ({value!r})"}
-    value = value.strip()
-    if is_remote(value):
-        reason = unsupported_reason(value)
-        if reason:
-            return {**base, "code": "unsupported_url", "detail": reason}
-        return Candidate(name, value, -1, 0, None, uri=value)
-    if value.startswith("file://"):
-        from urllib.parse import unquote, urlsplit
-
-        value = unquote(urlsplit(value).path)
     try:
-        real = os.path.realpath(value, strict=True)
-        info = os.stat(real)
-    except OSError as exc:
-        return {**base, "code": "not_found", "detail": f"{value}: {exc.strerror or exc}"}
-    return Candidate(name, real, info.st_size, info.st_mtime_ns, None)
+        item = locate_item(name, value.strip(), os.getcwd())
+    except DataError as exc:
+        return {**base, "code": "not_found", "detail": str(exc)}
+    return {**base, "code": item.code, "detail": item.detail} if isinstance(item, Skipped) else item
 
 
 def _bound_scorer(settings: dict):

@@ -229,9 +229,14 @@ class ImageDataset:
 def decode_candidate(item: Candidate, geometries: Sequence[Any], max_pixels: int, max_aspect_ratio: float,
                      fetch_policy: FetchPolicy) -> dict:
     """One listed item -> a decoded sample (resized arrays per geometry) or an error record; never raises."""
-    base = {"name": item.name, "size": item.size, "mtime_ns": item.mtime_ns}
     source = RemoteImage(item.uri, fetch_policy) if item.uri else item.path
     decoded = scoring.decode(source, geometries, max_pixels, max_aspect_ratio, root=item.root)
+    return decoded_sample({"name": item.name, "size": item.size, "mtime_ns": item.mtime_ns}, decoded)
+
+
+def decoded_sample(base: dict, decoded: scoring.Decoded | scoring.Rejected) -> dict:
+    """``base`` (name, size, mtime_ns) plus what decoding gave: the resized arrays (and the stat of the bytes read),
+    or the reason code."""
     if isinstance(decoded, scoring.Rejected):
         return {**base, "status": "error", "code": decoded.code, "detail": decoded.detail}
     return {**base, "size": decoded.size_bytes, "mtime_ns": decoded.mtime_ns, "status": "ok",
@@ -475,17 +480,18 @@ def finalise(options: PredictOptions, ensemble: Ensemble, plan: Plan, fusion: sc
         corrupt_lines_dropped=max(plan.corrupt_lines, logs.corrupt_lines),
         out_dir=str(out_dir), predictions=str(out_dir / "predictions.csv"), errors=str(out_dir / "errors.csv"),
         elapsed_s=round(elapsed, 3), images_per_s=round(processed_this_run / elapsed, 3) if elapsed > 0 else 0.0)
+    described_input = _describe_input(options)
     meta = {
         **plan.binding,
         "ensemble_source": ensemble.source,
-        "input": _describe_input(options),
+        "input": described_input,
         "score_definition": f"{fusion.name} of the experts' P(AI-generated)"
                             + (f" with weights {list(fusion.weights)}" if fusion.weights else "")
                             + (", calibrated (calibration.json)" if calibrated else ""),
         "calibrated": calibrated,
         "threshold": ensemble.threshold if calibrated else None,
         "columns": _column_meanings(ensemble, calibrated, decides, options.per_expert,
-                                    manifest=not os.path.isdir(options.images)),
+                                    manifest=described_input["kind"] == "manifest"),
         "counts": {key: getattr(summary, key) for key in ("images", "scored", "skipped", "ignored",
                                                            "processed_this_run", "reused")},
         "reasons": reasons,
